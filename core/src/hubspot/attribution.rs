@@ -1,0 +1,697 @@
+//! Who is to blame: one HubSpot answer (status, rate-limit headers, body) turned into one
+//! outcome per input. Pure functions, so every rule below is unit-tested without HTTP.
+//!
+//! The rule of thumb (ARCHITECTURE principle 7): an input the CRM names as wrong is
+//! `Failed` (or `Stale`/`Deleted` when the CRM says the object is gone); anything the
+//! records cannot be blamed for (limits, outages, credentials, an unreadable answer) is
+//! `Retry` with a pause, never counted against them.
+
+use super::models::{ErrorEntry, Response};
+use crate::adapter::{shorten, Outcome};
+use crate::http::RateLimitHeaders;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// 401/403: a token or scope problem that only a human fixes; don't hammer the CRM.
+pub(crate) const AUTH_PAUSE: Duration = Duration::from_secs(60);
+/// 429 without Retry-After or interval header: HubSpot's window is ten seconds.
+pub(crate) const RATE_LIMIT_PAUSE: Duration = Duration::from_secs(10);
+/// 429 on the daily quota: it resets at midnight (account time zone), which the
+/// response does not say; asking every five minutes costs nothing.
+pub(crate) const DAILY_LIMIT_PAUSE: Duration = Duration::from_secs(300);
+/// 423 Locked: HubSpot documents ~2 s for concurrent bulk upserts.
+pub(crate) const LOCKED_PAUSE: Duration = Duration::from_secs(2);
+/// 5xx, 477 without Retry-After, timeouts, connection failures, unreadable answers.
+pub(crate) const OUTAGE_PAUSE: Duration = Duration::from_secs(1);
+/// A 1xx/3xx: a wrong base_url (http for https, a proxy's login page).
+pub(crate) const MISCONFIGURED_PAUSE: Duration = Duration::from_secs(60);
+/// A Retry-After longer than this is more likely a bug than a plan.
+pub(crate) const MAX_PAUSE: Duration = Duration::from_secs(3600);
+
+/// Error texts stored per record and per request.
+const MAX_ERROR_CHARS: usize = 500;
+
+const NO_RESULT: &str = "no result for this record in the CRM's response";
+
+/// Which batch endpoint answered.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Op<'a> {
+    /// Inputs named by crm_id.
+    Update,
+    /// Inputs named by their id_property value.
+    Upsert { id_property: &'a str },
+    /// Inputs named by crm_id.
+    Archive,
+}
+
+impl Op<'_> {
+    pub(crate) fn endpoint(self) -> &'static str {
+        match self {
+            Op::Update => "batch/update",
+            Op::Upsert { .. } => "batch/upsert",
+            Op::Archive => "batch/archive",
+        }
+    }
+}
+
+/// One answer's verdict: `outcomes[i]` is for `ids[i]`.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Verdict {
+    pub outcomes: Vec<Outcome>,
+    pub pause: Option<Duration>,
+    /// For the request log: None when every input went through.
+    pub error: Option<String>,
+}
+
+/// `ids[i]` names input i the way the CRM will: crm_id for update/archive, id_value for
+/// upsert.
+pub(crate) fn attribute(
+    op: Op,
+    ids: &[&str],
+    status: u16,
+    limits: &RateLimitHeaders,
+    body: &[u8],
+) -> Verdict {
+    let parsed = Response::parse(body);
+    let crm_says = || describe(status, parsed.as_ref(), body);
+    match status {
+        200..=299 => accepted(op, ids, status, parsed, body),
+        401 | 403 => everyone_retries(
+            ids.len(),
+            format!("{}; check the secret and the app's scopes", crm_says()),
+            AUTH_PAUSE,
+        ),
+        429 => {
+            let daily = parsed
+                .as_ref()
+                .and_then(|p| p.top.policy_name.as_deref())
+                .is_some_and(|p| p.eq_ignore_ascii_case("DAILY"));
+            let pause = limits.retry_after.unwrap_or(if daily {
+                DAILY_LIMIT_PAUSE
+            } else {
+                limits
+                    .interval_ms
+                    .filter(|&ms| ms > 0)
+                    .map_or(RATE_LIMIT_PAUSE, Duration::from_millis)
+            });
+            everyone_retries(ids.len(), crm_says(), pause)
+        }
+        423 => everyone_retries(
+            ids.len(),
+            crm_says(),
+            limits.retry_after.unwrap_or(LOCKED_PAUSE),
+        ),
+        477 | 500..=599 => everyone_retries(
+            ids.len(),
+            crm_says(),
+            limits.retry_after.unwrap_or(OUTAGE_PAUSE),
+        ),
+        400..=499 => rejected(op, ids, parsed.as_ref(), crm_says()),
+        _ => everyone_retries(
+            ids.len(),
+            format!("{}; check base_url", crm_says()),
+            MISCONFIGURED_PAUSE,
+        ),
+    }
+}
+
+/// No usable answer (timeout, connection refused, body cut short): nobody's fault.
+pub(crate) fn broken(count: usize, error: &str) -> Verdict {
+    everyone_retries(count, error.to_owned(), OUTAGE_PAUSE)
+}
+
+fn everyone_retries(count: usize, error: String, pause: Duration) -> Verdict {
+    let error = shorten(&error, MAX_ERROR_CHARS);
+    Verdict {
+        outcomes: vec![
+            Outcome::Retry {
+                error: error.clone()
+            };
+            count
+        ],
+        pause: Some(pause.min(MAX_PAUSE)),
+        error: Some(error),
+    }
+}
+
+/// 2xx. Update/upsert: each input needs a result (→ Synced) or an error naming it;
+/// archive: everything not named in an error is gone.
+fn accepted(op: Op, ids: &[&str], status: u16, parsed: Option<Response>, body: &[u8]) -> Verdict {
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; ids.len()];
+    let index = InputIndex::new(ids);
+    let Some(response) = parsed else {
+        if op == Op::Archive {
+            // 204 has no body; whatever else came with a 2xx, the archive happened.
+            return Verdict {
+                outcomes: vec![Outcome::Deleted; ids.len()],
+                pause: None,
+                error: None,
+            };
+        }
+        // The CRM may have applied the batch: resending is harmless (upserts by
+        // id_property, updates by crm_id), blaming the records is not.
+        return everyone_retries(
+            ids.len(),
+            format!(
+                "unreadable response from the CRM: {}",
+                describe(status, None, body)
+            ),
+            OUTAGE_PAUSE,
+        );
+    };
+
+    for result in &response.results {
+        let Some(crm_id) = &result.id else { continue };
+        let name = match op {
+            Op::Update => Some(crm_id.clone()),
+            // HubSpot lowercases emails: InputIndex compares case-insensitively.
+            Op::Upsert { id_property } => result.property(id_property),
+            Op::Archive => None,
+        };
+        for i in name.iter().flat_map(|n| index.find(n)) {
+            outcomes[i] = Some(Outcome::Synced {
+                crm_id: crm_id.clone(),
+            });
+        }
+    }
+    // A lone input with a lone result is unambiguous even when the result does not echo
+    // the id_property.
+    if let ([None], [result], []) = (&outcomes[..], &response.results[..], &response.errors[..]) {
+        if let (Some(crm_id), Op::Upsert { .. }) = (&result.id, op) {
+            outcomes[0] = Some(Outcome::Synced {
+                crm_id: crm_id.clone(),
+            });
+        }
+    }
+
+    for error in &response.errors {
+        let outcome = blame(op, error, None);
+        for i in error.ids().iter().flat_map(|id| index.find(id)) {
+            // A result for the same input wins: the object exists and took the write.
+            outcomes[i].get_or_insert_with(|| outcome.clone());
+        }
+    }
+
+    let mut unanswered = 0;
+    let outcomes: Vec<Outcome> = outcomes
+        .into_iter()
+        .map(|o| match (o, op) {
+            (Some(o), _) => o,
+            (None, Op::Archive) => Outcome::Deleted,
+            (None, _) => {
+                unanswered += 1;
+                Outcome::Failed {
+                    error: NO_RESULT.into(),
+                }
+            }
+        })
+        .collect();
+    let failed = outcomes
+        .iter()
+        .filter(|o| !matches!(o, Outcome::Synced { .. } | Outcome::Deleted))
+        .count();
+    let error = (failed > 0).then(|| {
+        // The CRM's own words when some failure is from its errors[], else ours.
+        let first = response
+            .errors
+            .iter()
+            .find_map(ErrorEntry::summary)
+            .filter(|_| failed > unanswered)
+            .unwrap_or_else(|| NO_RESULT.into());
+        shorten(
+            &format!(
+                "HTTP {status}: {failed} of {} records not applied; first: {first}",
+                ids.len()
+            ),
+            MAX_ERROR_CHARS,
+        )
+    });
+    Verdict {
+        outcomes,
+        pause: None,
+        error,
+    }
+}
+
+/// 4xx other than auth and limits: the CRM refused the request. Inputs it names take the
+/// blame; the others were refused along with them and are retried.
+fn rejected(op: Op, ids: &[&str], parsed: Option<&Response>, crm_says: String) -> Verdict {
+    let index = InputIndex::new(ids);
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; ids.len()];
+    let entries = parsed
+        .into_iter()
+        .flat_map(|r| std::iter::once(&r.top).chain(&r.errors));
+    for error in entries {
+        let outcome = blame(op, error, Some(&crm_says));
+        for i in error.ids().iter().flat_map(|id| index.find(id)) {
+            outcomes[i].get_or_insert_with(|| outcome.clone());
+        }
+    }
+    let error = shorten(&crm_says, MAX_ERROR_CHARS);
+    let outcomes = if outcomes.iter().all(Option::is_none) {
+        // Nothing names an input: the whole batch takes the blame. A batch poisoned by
+        // one record whose fault the CRM does not attribute (409 CONFLICT, a
+        // VALIDATION_ERROR naming only a property) fails all its records; splitting such
+        // a batch to find the culprit is the extension's job (ROADMAP "Under fire").
+        vec![
+            Outcome::Failed {
+                error: error.clone()
+            };
+            ids.len()
+        ]
+    } else {
+        let bystander = Outcome::Retry {
+            error: shorten(
+                &format!(
+                    "not applied: the CRM refused the batch because of other records ({crm_says})"
+                ),
+                MAX_ERROR_CHARS,
+            ),
+        };
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| bystander.clone()))
+            .collect()
+    };
+    Verdict {
+        outcomes,
+        pause: None,
+        error: Some(error),
+    }
+}
+
+/// What an error entry naming an input means for it. `fallback` stands in for an entry
+/// that says nothing itself.
+fn blame(op: Op, error: &ErrorEntry, fallback: Option<&str>) -> Outcome {
+    let text = error
+        .summary()
+        .or(fallback.map(str::to_owned))
+        .unwrap_or_else(|| "the CRM reported an error without a message".into());
+    let text = shorten(&text, MAX_ERROR_CHARS);
+    let not_found = error
+        .category()
+        .is_some_and(|c| c.eq_ignore_ascii_case("OBJECT_NOT_FOUND"));
+    match op {
+        // The stored crm_id points at nothing (merged, deleted in HubSpot): the worker
+        // forgets it and upserts by id_property next time.
+        Op::Update if not_found => Outcome::Stale { error: text },
+        // Already gone is what we wanted.
+        Op::Archive if not_found => Outcome::Deleted,
+        _ => Outcome::Failed { error: text },
+    }
+}
+
+/// "HTTP 400: VALIDATION_ERROR: …", from the parsed body or, failing that, the raw one.
+fn describe(status: u16, parsed: Option<&Response>, body: &[u8]) -> String {
+    let said = parsed
+        .and_then(|r| {
+            r.top
+                .summary()
+                .or_else(|| r.errors.iter().find_map(ErrorEntry::summary))
+        })
+        .unwrap_or_else(|| snippet(body));
+    format!("HTTP {status}: {said}")
+}
+
+/// The start of a body that is not what we expected, on one line.
+fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(4 * 200)]);
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.is_empty() {
+        "empty body".into()
+    } else {
+        shorten(&one_line, 200)
+    }
+}
+
+/// Inputs by the name the CRM uses for them, compared case-insensitively (HubSpot
+/// lowercases emails; crm ids are digits). Several inputs may share a name.
+struct InputIndex(HashMap<String, Vec<usize>>);
+
+impl InputIndex {
+    fn new(ids: &[&str]) -> Self {
+        let mut map: HashMap<String, Vec<usize>> = HashMap::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            map.entry(normalize(id)).or_default().push(i);
+        }
+        InputIndex(map)
+    }
+
+    fn find(&self, id: &str) -> impl Iterator<Item = usize> + '_ {
+        self.0.get(&normalize(id)).into_iter().flatten().copied()
+    }
+}
+
+fn normalize(id: &str) -> String {
+    id.trim().to_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPSERT: Op = Op::Upsert {
+        id_property: "email",
+    };
+
+    fn no_limits() -> RateLimitHeaders {
+        RateLimitHeaders::default()
+    }
+
+    fn synced(id: &str) -> Outcome {
+        Outcome::Synced { crm_id: id.into() }
+    }
+
+    fn failed(e: &str) -> Outcome {
+        Outcome::Failed { error: e.into() }
+    }
+
+    fn is_retry(o: &Outcome) -> bool {
+        matches!(o, Outcome::Retry { .. })
+    }
+
+    #[test]
+    fn upsert_200_matches_results_by_id_property_ignoring_case() {
+        let body = br#"{"status":"COMPLETE","results":[
+            {"id":"202","properties":{"email":"bob@example.com","createdate":"2024-01-01T00:00:00Z"},"new":true},
+            {"id":"201","properties":{"email":"ann@example.com"},"new":false}
+        ],"startedAt":"2024-01-01T00:00:00Z","completedAt":"2024-01-01T00:00:00Z"}"#;
+        let v = attribute(
+            UPSERT,
+            &["Ann@Example.com", "bob@example.com"],
+            200,
+            &no_limits(),
+            body,
+        );
+        assert_eq!(v.outcomes, vec![synced("201"), synced("202")]);
+        assert_eq!((v.pause, v.error), (None, None));
+    }
+
+    #[test]
+    fn update_200_matches_results_by_id() {
+        let body = br#"{"status":"COMPLETE","results":[{"id":"2","properties":{}},{"id":"1","properties":{}}]}"#;
+        let v = attribute(Op::Update, &["1", "2"], 200, &no_limits(), body);
+        assert_eq!(v.outcomes, vec![synced("1"), synced("2")]);
+    }
+
+    #[test]
+    fn a_lone_upsert_result_without_the_id_property_is_still_matched() {
+        let body = br#"{"results":[{"id":"9","properties":{"firstname":"Ann"}}]}"#;
+        let v = attribute(UPSERT, &["a@b.c"], 200, &no_limits(), body);
+        assert_eq!(v.outcomes, vec![synced("9")]);
+        // With two inputs nothing is guessed.
+        let v = attribute(UPSERT, &["a@b.c", "b@b.c"], 200, &no_limits(), body);
+        assert_eq!(v.outcomes, vec![failed(NO_RESULT), failed(NO_RESULT)]);
+    }
+
+    #[test]
+    fn update_207_with_context_ids() {
+        let body = br#"{"status":"COMPLETE","results":[{"id":"1","properties":{"email":"a@b.c"}}],
+            "numErrors":2,"errors":[
+              {"status":"error","category":"OBJECT_NOT_FOUND","message":"Object not found.  objectId are usually numeric.","context":{"ids":["2"]}},
+              {"status":"error","category":"VALIDATION_ERROR","message":"Property values were not valid: [{\"isValid\":false,\"message\":\"\\\"x\\\" is not a valid integer\",\"error\":\"INVALID_INTEGER\",\"name\":\"age\"}]","context":{"ids":["3"]}}
+            ]}"#;
+        let v = attribute(Op::Update, &["1", "2", "3", "4"], 207, &no_limits(), body);
+        assert_eq!(v.outcomes[0], synced("1"));
+        assert_eq!(
+            v.outcomes[1],
+            Outcome::Stale {
+                error: "OBJECT_NOT_FOUND: Object not found.  objectId are usually numeric.".into()
+            }
+        );
+        assert!(
+            matches!(&v.outcomes[2], Outcome::Failed { error } if error.starts_with("VALIDATION_ERROR: Property values were not valid")),
+            "{:?}",
+            v.outcomes[2]
+        );
+        assert_eq!(v.outcomes[3], failed(NO_RESULT));
+        assert_eq!(v.pause, None);
+        assert_eq!(
+            v.error.as_deref(),
+            Some("HTTP 207: 3 of 4 records not applied; first: OBJECT_NOT_FOUND: Object not found.  objectId are usually numeric.")
+        );
+    }
+
+    #[test]
+    fn upsert_207_names_inputs_by_id_value() {
+        let body = br#"{"status":"COMPLETE","results":[{"id":"201","properties":{"email":"ann@example.com"}}],
+            "errors":[{"status":"error","category":"VALIDATION_ERROR","message":"Property values were not valid","context":{"ids":["bad@example.com"]}}]}"#;
+        let v = attribute(
+            UPSERT,
+            &["ann@example.com", "BAD@example.com"],
+            207,
+            &no_limits(),
+            body,
+        );
+        assert_eq!(
+            v.outcomes,
+            vec![
+                synced("201"),
+                failed("VALIDATION_ERROR: Property values were not valid")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_result_wins_over_an_error_for_the_same_input() {
+        let body =
+            br#"{"results":[{"id":"1"}],"errors":[{"category":"X","context":{"ids":["1"]}}]}"#;
+        let v = attribute(Op::Update, &["1"], 207, &no_limits(), body);
+        assert_eq!(v.outcomes, vec![synced("1")]);
+    }
+
+    #[test]
+    fn batch_limit_400_fails_everyone() {
+        let body = br#"{"status":"error","message":"The maximum number of inputs supported in a batch is 100. Please reduce the number of items and try again","correlationId":"3d1c","category":"VALIDATION_ERROR"}"#;
+        let v = attribute(UPSERT, &["a@b.c", "b@b.c"], 400, &no_limits(), body);
+        let expected = "HTTP 400: VALIDATION_ERROR: The maximum number of inputs supported in a batch is 100. Please reduce the number of items and try again";
+        assert_eq!(v.outcomes, vec![failed(expected), failed(expected)]);
+        assert_eq!(v.error.as_deref(), Some(expected));
+        assert_eq!(v.pause, None);
+    }
+
+    #[test]
+    fn validation_400_naming_a_property_only_fails_everyone() {
+        let body = br#"{"status":"error","message":"Property values were not valid","category":"VALIDATION_ERROR",
+            "errors":[{"message":"\"abc\" is not a valid integer","code":"INVALID_INTEGER","context":{"propertyName":["age"]}}]}"#;
+        let v = attribute(Op::Update, &["1", "2"], 400, &no_limits(), body);
+        assert!(v
+            .outcomes
+            .iter()
+            .all(|o| matches!(o, Outcome::Failed { .. })));
+    }
+
+    #[test]
+    fn duplicate_400_naming_inputs_fails_them_and_retries_the_rest() {
+        let body = br#"{"status":"error","message":"Duplicate IDs found in batch input: [a@b.c]. IDs must be unique","category":"VALIDATION_ERROR","context":{"ids":["a@b.c"]}}"#;
+        let v = attribute(
+            UPSERT,
+            &["a@b.c", "z@b.c", "A@B.C"],
+            400,
+            &no_limits(),
+            body,
+        );
+        let culprit = failed(
+            "VALIDATION_ERROR: Duplicate IDs found in batch input: [a@b.c]. IDs must be unique",
+        );
+        assert_eq!(v.outcomes[0], culprit);
+        assert_eq!(v.outcomes[2], culprit);
+        assert!(
+            matches!(&v.outcomes[1], Outcome::Retry { error } if error.starts_with("not applied: the CRM refused the batch because of other records")),
+            "{:?}",
+            v.outcomes[1]
+        );
+        assert_eq!(v.pause, None);
+    }
+
+    #[test]
+    fn update_404_naming_ids_makes_them_stale() {
+        let body = br#"{"status":"error","message":"Could not get some CONTACT objects, they may be deleted or not exist. Check that ids are valid.","correlationId":"x","context":{"ids":["77"]},"category":"OBJECT_NOT_FOUND"}"#;
+        let v = attribute(Op::Update, &["76", "77"], 404, &no_limits(), body);
+        assert!(is_retry(&v.outcomes[0]));
+        assert!(matches!(v.outcomes[1], Outcome::Stale { .. }));
+    }
+
+    #[test]
+    fn conflict_409_fails_everyone_with_the_crm_message() {
+        let body = br#"{"status":"error","message":"Contact already exists. Existing ID: 37765128953","correlationId":"y","category":"CONFLICT"}"#;
+        let v = attribute(Op::Update, &["1", "2"], 409, &no_limits(), body);
+        let expected =
+            failed("HTTP 409: CONFLICT: Contact already exists. Existing ID: 37765128953");
+        assert_eq!(v.outcomes, vec![expected.clone(), expected]);
+    }
+
+    #[test]
+    fn rate_limited_429_retries_with_the_interval_header() {
+        let body = br#"{"status":"error","message":"You have reached your ten_secondly_rolling limit.","errorType":"RATE_LIMIT","correlationId":"z","policyName":"TEN_SECONDLY_ROLLING"}"#;
+        let limits = RateLimitHeaders {
+            interval_ms: Some(10_000),
+            max: Some(100),
+            remaining: Some(0),
+            retry_after: None,
+        };
+        let v = attribute(UPSERT, &["a@b.c", "b@b.c"], 429, &limits, body);
+        let expected = "HTTP 429: RATE_LIMIT: You have reached your ten_secondly_rolling limit.";
+        assert_eq!(
+            v.outcomes,
+            vec![
+                Outcome::Retry {
+                    error: expected.into()
+                };
+                2
+            ]
+        );
+        assert_eq!(v.pause, Some(Duration::from_secs(10)));
+        assert_eq!(v.error.as_deref(), Some(expected));
+    }
+
+    #[test]
+    fn retry_after_wins_and_is_capped() {
+        let limits = |secs| RateLimitHeaders {
+            interval_ms: Some(10_000),
+            retry_after: Some(Duration::from_secs(secs)),
+            ..RateLimitHeaders::default()
+        };
+        for status in [429, 423, 477, 500, 502, 503, 504, 521, 524] {
+            let v = attribute(UPSERT, &["a"], status, &limits(3), b"");
+            assert_eq!(v.pause, Some(Duration::from_secs(3)), "{status}");
+            assert!(is_retry(&v.outcomes[0]), "{status}");
+        }
+        let v = attribute(UPSERT, &["a"], 503, &limits(86_400), b"");
+        assert_eq!(v.pause, Some(MAX_PAUSE));
+    }
+
+    #[test]
+    fn pauses_without_retry_after() {
+        let pause =
+            |status, body: &[u8]| attribute(Op::Update, &["1"], status, &no_limits(), body).pause;
+        assert_eq!(pause(429, b"{}"), Some(RATE_LIMIT_PAUSE));
+        assert_eq!(
+            pause(429, br#"{"message":"You have reached your daily limit.","errorType":"RATE_LIMIT","policyName":"DAILY"}"#),
+            Some(DAILY_LIMIT_PAUSE)
+        );
+        assert_eq!(pause(423, b""), Some(LOCKED_PAUSE));
+        assert_eq!(pause(477, b""), Some(OUTAGE_PAUSE));
+        assert_eq!(pause(502, b"<html>Bad Gateway</html>"), Some(OUTAGE_PAUSE));
+        assert_eq!(pause(401, b""), Some(AUTH_PAUSE));
+        assert_eq!(pause(403, b""), Some(AUTH_PAUSE));
+        assert_eq!(pause(301, b""), Some(MISCONFIGURED_PAUSE));
+    }
+
+    #[test]
+    fn auth_failures_are_not_the_records_fault() {
+        let body = br#"{"status":"error","message":"Authentication credentials not found. This API supports OAuth 2.0 authentication and you can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview","correlationId":"a","category":"INVALID_AUTHENTICATION"}"#;
+        let v = attribute(UPSERT, &["a@b.c"], 401, &no_limits(), body);
+        assert!(
+            matches!(&v.outcomes[0], Outcome::Retry { error } if error.starts_with("HTTP 401: INVALID_AUTHENTICATION: Authentication credentials not found.") && error.ends_with("check the secret and the app's scopes")),
+            "{:?}",
+            v.outcomes[0]
+        );
+    }
+
+    #[test]
+    fn server_errors_show_the_start_of_an_html_body() {
+        let body = b"<html>\n<head><title>502 Bad Gateway</title></head>\n<body>cloudflare</body>\n</html>\n";
+        let v = attribute(UPSERT, &["a", "b"], 502, &no_limits(), body);
+        let expected = "HTTP 502: <html> <head><title>502 Bad Gateway</title></head> <body>cloudflare</body> </html>";
+        assert_eq!(
+            v.outcomes,
+            vec![
+                Outcome::Retry {
+                    error: expected.into()
+                };
+                2
+            ]
+        );
+        let v = attribute(UPSERT, &["a"], 503, &no_limits(), b"");
+        assert_eq!(v.error.as_deref(), Some("HTTP 503: empty body"));
+    }
+
+    #[test]
+    fn an_unreadable_2xx_is_retried_not_blamed() {
+        for body in [
+            &b""[..],
+            b"<html>ok</html>",
+            br#"{"results":[{"id":"1","#,
+            &[0xff, 0xfe, 0x00],
+        ] {
+            let v = attribute(UPSERT, &["a@b.c"], 200, &no_limits(), body);
+            assert!(is_retry(&v.outcomes[0]), "{body:?}");
+            assert_eq!(v.pause, Some(OUTAGE_PAUSE));
+            assert!(v
+                .error
+                .unwrap()
+                .starts_with("unreadable response from the CRM: HTTP 200: "));
+        }
+    }
+
+    #[test]
+    fn an_odd_4xx_body_fails_everyone_without_panicking() {
+        for body in [
+            &b""[..],
+            b"<html>Not Found</html>",
+            b"{\"truncated",
+            b"null",
+        ] {
+            let v = attribute(UPSERT, &["a@b.c", "b"], 404, &no_limits(), body);
+            assert!(v
+                .outcomes
+                .iter()
+                .all(|o| matches!(o, Outcome::Failed { .. })));
+        }
+    }
+
+    #[test]
+    fn archive_204_deletes_everyone() {
+        let v = attribute(Op::Archive, &["1", "2"], 204, &no_limits(), b"");
+        assert_eq!(v.outcomes, vec![Outcome::Deleted, Outcome::Deleted]);
+        assert_eq!(v.error, None);
+    }
+
+    #[test]
+    fn archive_errors_not_found_is_deleted_others_fail() {
+        let body = br#"{"status":"COMPLETE","results":[],"errors":[
+            {"category":"OBJECT_NOT_FOUND","message":"gone","context":{"ids":["1"]}},
+            {"category":"VALIDATION_ERROR","message":"nope","context":{"ids":["2"]}}]}"#;
+        let v = attribute(Op::Archive, &["1", "2", "3"], 207, &no_limits(), body);
+        assert_eq!(
+            v.outcomes,
+            vec![
+                Outcome::Deleted,
+                failed("VALIDATION_ERROR: nope"),
+                Outcome::Deleted
+            ]
+        );
+        assert!(v.error.is_some());
+        let body = br#"{"category":"OBJECT_NOT_FOUND","message":"gone","context":{"ids":["5"]}}"#;
+        let v = attribute(Op::Archive, &["5", "6"], 404, &no_limits(), body);
+        assert_eq!(v.outcomes[0], Outcome::Deleted);
+        assert!(is_retry(&v.outcomes[1]));
+    }
+
+    #[test]
+    fn broken_exchanges_retry_everyone() {
+        let v = broken(3, "timed out (global)");
+        assert_eq!(
+            v.outcomes,
+            vec![
+                Outcome::Retry {
+                    error: "timed out (global)".into()
+                };
+                3
+            ]
+        );
+        assert_eq!(v.pause, Some(OUTAGE_PAUSE));
+    }
+
+    #[test]
+    fn long_messages_are_shortened() {
+        let long = "x".repeat(5000);
+        let body = format!(r#"{{"category":"CONFLICT","message":"{long}"}}"#);
+        let v = attribute(Op::Update, &["1"], 409, &no_limits(), body.as_bytes());
+        let Outcome::Failed { error } = &v.outcomes[0] else {
+            panic!()
+        };
+        assert_eq!(error.chars().count(), MAX_ERROR_CHARS + 1);
+    }
+}

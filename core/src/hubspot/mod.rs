@@ -1,0 +1,252 @@
+//! HubSpot CRM v3 objects (contacts, companies, deals, custom objects: same paths).
+//!
+//! Writes go through the batch endpoints only: `batch/update` for records that already
+//! have a crm_id (so a changed email updates the same contact, principle 2),
+//! `batch/upsert` by id_property for the others (so a resend never creates a duplicate),
+//! `batch/archive` for deletes. Who is to blame for what is decided in `attribution`.
+
+mod attribution;
+mod models;
+
+use crate::adapter::{
+    batch_size, CrmAdapter, CrmSettings, Delete, Outcome, Report, ReportBuilder, RequestLog, Upsert,
+};
+use crate::config::AdapterConfig;
+use crate::http::{ClientSettings, HttpClient, LimitHeaderNames, Pacer, Reply};
+use attribution::{attribute, broken, Op};
+use std::time::Duration;
+
+/// HubSpot refuses more than 100 inputs per batch request.
+const MAX_BATCH: usize = 100;
+const DEFAULT_BASE_URL: &str = "https://api.hubapi.com";
+const DEFAULT_TIMEOUT: Duration = Duration::from_millis(30_000);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(5_000);
+
+const LIMIT_HEADERS: LimitHeaderNames = LimitHeaderNames {
+    interval_ms: "x-hubspot-ratelimit-interval-milliseconds",
+    max: "x-hubspot-ratelimit-max",
+    remaining: "x-hubspot-ratelimit-remaining",
+};
+
+/// `register_crm(..., config => …)` for `adapter => 'hubspot'`.
+#[derive(Debug, Clone)]
+pub(crate) struct HubspotConfig {
+    /// No trailing slash.
+    pub base_url: String,
+    pub client: ClientSettings,
+}
+
+impl HubspotConfig {
+    pub(crate) fn parse(config: &serde_json::Value) -> Result<Self, String> {
+        let config = AdapterConfig::new(
+            "hubspot",
+            config,
+            &["base_url", "timeout_ms", "connect_timeout_ms"],
+        )?;
+        Ok(HubspotConfig {
+            base_url: config.base_url("base_url", DEFAULT_BASE_URL)?,
+            client: ClientSettings {
+                timeout: config.millis("timeout_ms", DEFAULT_TIMEOUT)?,
+                connect_timeout: config.millis("connect_timeout_ms", DEFAULT_CONNECT_TIMEOUT)?,
+            },
+        })
+    }
+}
+
+pub(crate) struct HubspotAdapter {
+    client: HttpClient,
+    base_url: String,
+    batch_size: usize,
+}
+
+impl HubspotAdapter {
+    pub(crate) fn new(settings: &CrmSettings, pacer: Box<dyn Pacer>) -> Result<Self, String> {
+        let config = HubspotConfig::parse(&settings.config)?;
+        let batch_size = batch_size(settings.batch_size, MAX_BATCH)?;
+        // Without a token every request is a 401: say so once, here, rather than retry
+        // forever.
+        let secret = settings
+            .secret
+            .as_deref()
+            // A token pasted with a trailing newline is still the token.
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .ok_or("the hubspot adapter needs a secret: a private app access token")?;
+        Ok(HubspotAdapter {
+            client: HttpClient::new(config.client, Some(secret), LIMIT_HEADERS, pacer)?,
+            base_url: config.base_url,
+            batch_size,
+        })
+    }
+
+    /// Sends one batch request and records its outcome for the inputs at `indices`
+    /// (positions in the caller's items), which the CRM knows as `ids`.
+    fn send(
+        &mut self,
+        report: &mut ReportBuilder,
+        object_type: &str,
+        op: Op,
+        indices: &[usize],
+        ids: &[&str],
+        body: Vec<u8>,
+    ) {
+        if report.paused() {
+            // The CRM just asked us to slow down; sending more now would only earn
+            // another 429 (or hit a broken CRM again).
+            report.retry(indices, "not sent: the CRM asked to pause");
+            return;
+        }
+        let url = format!(
+            "{}/crm/v3/objects/{}/{}",
+            self.base_url,
+            path_segment(object_type),
+            op.endpoint()
+        );
+        let exchange = match self.client.post_json(&url, &body) {
+            Ok(exchange) => exchange,
+            Err(reason) => {
+                report.retry(indices, &self.client.mask(&format!("not sent: {reason}")));
+                return;
+            }
+        };
+        let (http_status, verdict) = match &exchange.reply {
+            Reply::Response {
+                status,
+                limits,
+                body,
+            } => (Some(*status), attribute(op, ids, *status, limits, body)),
+            Reply::Broken { status, error } => (*status, broken(ids.len(), error)),
+        };
+        report.log(RequestLog {
+            operation: op.endpoint().to_owned(),
+            records: ids.len(),
+            http_status,
+            duration_ms: exchange.duration_ms,
+            error: verdict.error.as_deref().map(|e| self.client.mask(e)),
+        });
+        for (&i, outcome) in indices.iter().zip(verdict.outcomes) {
+            report.set(i, self.mask_outcome(outcome));
+        }
+        if let Some(pause) = verdict.pause {
+            report.pause(pause);
+        }
+    }
+
+    /// A CRM (or a proxy) could echo the token back in an error message.
+    fn mask_outcome(&self, outcome: Outcome) -> Outcome {
+        match outcome {
+            Outcome::Failed { error } => Outcome::Failed {
+                error: self.client.mask(&error),
+            },
+            Outcome::Retry { error } => Outcome::Retry {
+                error: self.client.mask(&error),
+            },
+            Outcome::Stale { error } => Outcome::Stale {
+                error: self.client.mask(&error),
+            },
+            done @ (Outcome::Synced { .. } | Outcome::Deleted) => done,
+        }
+    }
+}
+
+impl CrmAdapter for HubspotAdapter {
+    fn max_batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    fn upsert(&mut self, object_type: &str, id_property: &str, items: &[Upsert]) -> Report {
+        let mut report = ReportBuilder::new(items.iter().map(|i| i.key.as_str()));
+        let mut updates = Vec::new();
+        let mut upserts = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match item.crm_id.as_deref() {
+                Some(id) if !id.is_empty() => updates.push(i),
+                _ if item.id_value.trim().is_empty() => {
+                    // HubSpot would refuse the whole batch for it.
+                    report.set(
+                        i,
+                        Outcome::Failed {
+                            error: format!(
+                                "the payload has no value for id_property '{id_property}'"
+                            ),
+                        },
+                    );
+                }
+                _ => upserts.push(i),
+            }
+        }
+        // Defensive: the caller should not pass more than max_batch_size().
+        for chunk in updates.chunks(self.batch_size) {
+            let batch: Vec<&Upsert> = chunk.iter().map(|&i| &items[i]).collect();
+            let ids: Vec<&str> = batch
+                .iter()
+                .map(|u| u.crm_id.as_deref().unwrap_or_default())
+                .collect();
+            let body = models::update_body(&batch);
+            self.send(&mut report, object_type, Op::Update, chunk, &ids, body);
+        }
+        for chunk in upserts.chunks(self.batch_size) {
+            let batch: Vec<&Upsert> = chunk.iter().map(|&i| &items[i]).collect();
+            let ids: Vec<&str> = batch.iter().map(|u| u.id_value.as_str()).collect();
+            let body = models::upsert_body(id_property, &batch);
+            self.send(
+                &mut report,
+                object_type,
+                Op::Upsert { id_property },
+                chunk,
+                &ids,
+                body,
+            );
+        }
+        report.finish()
+    }
+
+    fn delete(&mut self, object_type: &str, items: &[Delete]) -> Report {
+        let mut report = ReportBuilder::new(items.iter().map(|i| i.key.as_str()));
+        let indices: Vec<usize> = (0..items.len()).collect();
+        for chunk in indices.chunks(self.batch_size) {
+            let batch: Vec<&Delete> = chunk.iter().map(|&i| &items[i]).collect();
+            let ids: Vec<&str> = batch.iter().map(|d| d.crm_id.as_str()).collect();
+            let body = models::archive_body(&batch);
+            self.send(&mut report, object_type, Op::Archive, chunk, &ids, body);
+        }
+        report.finish()
+    }
+}
+
+/// Object types are names like `contacts`, `p12345_cars` or `2-123456`; anything else
+/// is percent-encoded so it cannot change the path.
+fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn config_defaults() {
+        let c = HubspotConfig::parse(&json!({})).unwrap();
+        assert_eq!(c.base_url, "https://api.hubapi.com");
+        assert_eq!(c.client.timeout, Duration::from_secs(30));
+        assert_eq!(c.client.connect_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn object_types_cannot_escape_the_path() {
+        assert_eq!(path_segment("contacts"), "contacts");
+        assert_eq!(path_segment("2-123456"), "2-123456");
+        assert_eq!(path_segment("p1_cars"), "p1_cars");
+        assert_eq!(path_segment("../x?y=1"), "..%2Fx%3Fy%3D1");
+        assert_eq!(path_segment("é"), "%C3%A9");
+    }
+}

@@ -1,0 +1,13 @@
+//! etlify's pure logic, testable with `cargo test -p etlify-core` and no Postgres:
+//! payload digests, the retry policy, and the CRM adapters with the one HTTP client
+//! they share.
+
+pub mod adapter;
+pub mod digest;
+pub mod http;
+pub mod plan;
+pub mod retry;
+
+mod config;
+mod hubspot;
+mod null;

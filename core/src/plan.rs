@@ -1,0 +1,374 @@
+//! What to do with each claimed record, decided from the row as it is now
+//! (reconcile to the current row, not to the event) and the sync state.
+//! Pure: the extension feeds it rows from `etlify._claim` and sends what it says.
+
+use crate::adapter::{Delete, Upsert};
+use crate::digest::digest;
+use serde_json::Value;
+
+/// One row of `etlify._claim`.
+#[derive(Debug, Clone, Default)]
+pub struct Claimed {
+    pub key: String,
+    /// The queue's change number when claimed; None for a key that was not dirty.
+    pub seq: Option<i64>,
+    /// Sync state before this attempt (None: never attempted).
+    pub state: Option<String>,
+    pub crm_id: Option<String>,
+    pub digest: Option<Vec<u8>>,
+    /// The source row exists.
+    pub present: bool,
+    /// sync_if holds for the row.
+    pub included: bool,
+    pub payload: Option<Value>,
+    /// The serializer raised an error for this row.
+    pub error: Option<String>,
+}
+
+/// Final outcomes the drain records without asking the CRM, and the words
+/// `etlify._record` understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Synced,
+    NotModified,
+    Skipped,
+    Deleted,
+    Noop,
+    Disabled,
+    Failed,
+    Retry,
+    Stale,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Synced => "synced",
+            Verdict::NotModified => "not_modified",
+            Verdict::Skipped => "skipped",
+            Verdict::Deleted => "deleted",
+            Verdict::Noop => "noop",
+            Verdict::Disabled => "disabled",
+            Verdict::Failed => "failed",
+            Verdict::Retry => "retry",
+            Verdict::Stale => "stale",
+        }
+    }
+}
+
+/// A record's result, as `etlify._record` takes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    pub key: String,
+    pub seq: Option<i64>,
+    pub verdict: Verdict,
+    pub crm_id: Option<String>,
+    pub digest: Option<[u8; 32]>,
+    pub error: Option<String>,
+    pub retry_ms: Option<u64>,
+}
+
+impl Resolved {
+    pub fn new(c: &Claimed, verdict: Verdict) -> Self {
+        Resolved {
+            key: c.key.clone(),
+            seq: c.seq,
+            verdict,
+            crm_id: None,
+            digest: None,
+            error: None,
+            retry_ms: None,
+        }
+    }
+
+    pub fn failed(c: &Claimed, error: impl Into<String>) -> Self {
+        Resolved {
+            error: Some(error.into()),
+            ..Resolved::new(c, Verdict::Failed)
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "key": self.key,
+            "seq": self.seq,
+            "outcome": self.verdict.as_str(),
+            "crm_id": self.crm_id,
+            "digest": self.digest.map(|d| hex(&d)),
+            "error": self.error,
+            "retry_ms": self.retry_ms,
+        })
+    }
+}
+
+/// An upsert to send, with what to record once it succeeds.
+#[derive(Debug, Clone)]
+pub struct PlannedUpsert {
+    pub item: Upsert,
+    pub seq: Option<i64>,
+    pub digest: [u8; 32],
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedDelete {
+    pub item: Delete,
+    pub seq: Option<i64>,
+}
+
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub done: Vec<Resolved>,
+    pub upserts: Vec<PlannedUpsert>,
+    pub deletes: Vec<PlannedDelete>,
+}
+
+/// How the caller wants the records handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    /// Bring the CRM in line with the row (drain, sync).
+    Reconcile,
+    /// Remove the CRM object whatever the row says (etlify.delete).
+    Delete,
+}
+
+pub fn plan(rows: Vec<Claimed>, id_property: &str, crm_enabled: bool, intent: Intent) -> Plan {
+    let mut out = Plan::default();
+    for c in rows {
+        if !crm_enabled {
+            // enabled => false: as if every call succeeded, nothing sent, no sync state
+            out.done.push(Resolved::new(&c, Verdict::Disabled));
+            continue;
+        }
+        if intent == Intent::Delete || !c.present {
+            match &c.crm_id {
+                Some(id) => out.deletes.push(PlannedDelete {
+                    item: Delete {
+                        key: c.key.clone(),
+                        crm_id: id.clone(),
+                    },
+                    seq: c.seq,
+                }),
+                None => out.done.push(Resolved::new(&c, Verdict::Noop)),
+            }
+            continue;
+        }
+        if let Some(e) = &c.error {
+            out.done.push(Resolved::failed(&c, e.clone()));
+            continue;
+        }
+        if !c.included {
+            out.done.push(Resolved::new(&c, Verdict::Skipped));
+            continue;
+        }
+        let properties = match &c.payload {
+            Some(Value::Object(map)) => map.clone(),
+            None | Some(Value::Null) => {
+                out.done
+                    .push(Resolved::failed(&c, "serializer returned NULL"));
+                continue;
+            }
+            Some(other) => {
+                out.done.push(Resolved::failed(
+                    &c,
+                    format!(
+                        "serializer returned a JSON {}, expected an object",
+                        json_kind(other)
+                    ),
+                ));
+                continue;
+            }
+        };
+        let id_value = match properties.get(id_property) {
+            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => {
+                out.done.push(Resolved::failed(
+                    &c,
+                    format!(
+                        "payload has no value for \"{id_property}\", the mapping's id_property"
+                    ),
+                ));
+                continue;
+            }
+        };
+        let d = digest(&Value::Object(properties.clone()));
+        // The digest is written only when the CRM accepted the payload, so an equal
+        // digest with a known crm_id means the CRM already holds exactly this.
+        if c.crm_id.is_some() && c.digest.as_deref() == Some(&d[..]) {
+            out.done.push(Resolved::new(&c, Verdict::NotModified));
+            continue;
+        }
+        out.upserts.push(PlannedUpsert {
+            item: Upsert {
+                key: c.key.clone(),
+                crm_id: c.crm_id.clone(),
+                id_value,
+                properties,
+            },
+            seq: c.seq,
+            digest: d,
+        });
+    }
+    out
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn row(key: &str, payload: Value) -> Claimed {
+        Claimed {
+            key: key.into(),
+            seq: Some(7),
+            present: true,
+            included: true,
+            payload: Some(payload),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn new_row_is_upserted_by_id_property() {
+        let p = plan(
+            vec![row("1", json!({"email": "a@b.c", "n": 1}))],
+            "email",
+            true,
+            Intent::Reconcile,
+        );
+        assert_eq!(p.upserts.len(), 1);
+        assert_eq!(p.upserts[0].item.id_value, "a@b.c");
+        assert_eq!(p.upserts[0].item.crm_id, None);
+        assert_eq!(p.upserts[0].seq, Some(7));
+        assert!(p.done.is_empty() && p.deletes.is_empty());
+    }
+
+    #[test]
+    fn unchanged_payload_is_not_modified() {
+        let payload = json!({"email": "a@b.c", "n": 1});
+        let mut r = row("1", payload.clone());
+        r.crm_id = Some("42".into());
+        r.digest = Some(digest(&payload).to_vec());
+        r.state = Some("failed".into());
+        let p = plan(vec![r.clone()], "email", true, Intent::Reconcile);
+        assert_eq!(p.done[0].verdict, Verdict::NotModified);
+
+        // changed payload: an update addressed by the known crm_id
+        r.payload = Some(json!({"email": "a@b.c", "n": 2}));
+        let p = plan(vec![r.clone()], "email", true, Intent::Reconcile);
+        assert_eq!(p.upserts.len(), 1);
+        assert_eq!(p.upserts[0].item.crm_id.as_deref(), Some("42"));
+
+        // same digest but no crm_id (never accepted, or forgotten): send
+        r.payload = Some(payload);
+        r.crm_id = None;
+        let p = plan(vec![r], "email", true, Intent::Reconcile);
+        assert_eq!(p.upserts.len(), 1);
+    }
+
+    #[test]
+    fn absent_row_deletes_by_crm_id_or_is_a_noop() {
+        let mut gone = row("1", Value::Null);
+        gone.present = false;
+        gone.payload = None;
+        let mut gone_synced = gone.clone();
+        gone_synced.key = "2".into();
+        gone_synced.crm_id = Some("99".into());
+        let p = plan(vec![gone, gone_synced], "email", true, Intent::Reconcile);
+        assert_eq!(p.done[0].verdict, Verdict::Noop);
+        assert_eq!(p.deletes.len(), 1);
+        assert_eq!(p.deletes[0].item.crm_id, "99");
+    }
+
+    #[test]
+    fn explicit_delete_ignores_the_row() {
+        let mut r = row("1", json!({"email": "a@b.c"}));
+        r.crm_id = Some("5".into());
+        let p = plan(vec![r], "email", true, Intent::Delete);
+        assert_eq!(p.deletes.len(), 1);
+    }
+
+    #[test]
+    fn bad_payloads_fail_alone() {
+        let mut excluded = row("3", json!({"email": "x"}));
+        excluded.included = false;
+        let mut broken = row("5", Value::Null);
+        broken.error = Some("serializer failed: division by zero".into());
+        let p = plan(
+            vec![
+                row("1", json!({"name": "no email"})),
+                row("2", json!([1, 2])),
+                excluded,
+                row("4", json!({"email": "ok@x.y"})),
+                broken,
+                row("6", Value::Null),
+            ],
+            "email",
+            true,
+            Intent::Reconcile,
+        );
+        let verdicts: Vec<_> = p.done.iter().map(|r| (r.key.as_str(), r.verdict)).collect();
+        assert_eq!(
+            verdicts,
+            vec![
+                ("1", Verdict::Failed),
+                ("2", Verdict::Failed),
+                ("3", Verdict::Skipped),
+                ("5", Verdict::Failed),
+                ("6", Verdict::Failed)
+            ]
+        );
+        assert!(p.done[0].error.as_deref().unwrap().contains("\"email\""));
+        assert!(p.done[1].error.as_deref().unwrap().contains("array"));
+        assert_eq!(p.upserts.len(), 1);
+    }
+
+    #[test]
+    fn disabled_crm_sends_nothing() {
+        let p = plan(
+            vec![row("1", json!({"email": "a"}))],
+            "email",
+            false,
+            Intent::Reconcile,
+        );
+        assert_eq!(p.done[0].verdict, Verdict::Disabled);
+        assert!(p.upserts.is_empty());
+    }
+
+    #[test]
+    fn numeric_id_values_are_accepted() {
+        let p = plan(
+            vec![row("1", json!({"ext_id": 12}))],
+            "ext_id",
+            true,
+            Intent::Reconcile,
+        );
+        assert_eq!(p.upserts[0].item.id_value, "12");
+    }
+
+    #[test]
+    fn hex_encodes() {
+        assert_eq!(hex(&[0, 15, 255]), "000fff");
+    }
+}

@@ -1,0 +1,148 @@
+//! HubSpot-shaped error bodies. Clients branch on `category` (and on `errorType`/`policyName`
+//! for 429s), so these mirror the documented shapes exactly.
+
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+/// A finished non-2xx answer: status plus JSON body.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+pub fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A random-looking v4-UUID-shaped id. Uniqueness is all that matters (clients log it),
+/// so a counter through a mixer is enough and needs no RNG crate or lock.
+pub fn correlation_id() -> String {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| crate::clock::now_us() as u64 ^ u64::from(std::process::id()));
+    let a = splitmix64(seed ^ COUNTER.fetch_add(1, Ordering::Relaxed));
+    let b = splitmix64(a);
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        ((b >> 48) & 0x3fff) | 0x8000,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+fn body(v: Value) -> Vec<u8> {
+    serde_json::to_vec(&v).expect("serializing a json! value cannot fail")
+}
+
+pub fn error(status: u16, category: &str, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        body: body(json!({
+            "status": "error",
+            "message": message.into(),
+            "correlationId": correlation_id(),
+            "category": category,
+        })),
+    }
+}
+
+pub fn error_with_context(
+    status: u16,
+    category: &str,
+    message: impl Into<String>,
+    context: Value,
+) -> ApiError {
+    ApiError {
+        status,
+        body: body(json!({
+            "status": "error",
+            "message": message.into(),
+            "correlationId": correlation_id(),
+            "category": category,
+            "context": context,
+        })),
+    }
+}
+
+pub fn validation(message: impl Into<String>) -> ApiError {
+    error(400, "VALIDATION_ERROR", message)
+}
+
+pub fn unauthorized() -> ApiError {
+    error(
+        401,
+        "INVALID_AUTHENTICATION",
+        "Authentication credentials not found. This API supports OAuth 2.0 authentication and you can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview",
+    )
+}
+
+/// The documented 429 body; note it has `errorType`/`policyName` and no `category`.
+pub fn rate_limited() -> ApiError {
+    ApiError {
+        status: 429,
+        body: body(json!({
+            "status": "error",
+            "message": "You have reached your ten_secondly_rolling limit.",
+            "errorType": "RATE_LIMIT",
+            "correlationId": correlation_id(),
+            "policyName": "TEN_SECONDLY_ROLLING",
+        })),
+    }
+}
+
+pub fn unknown_route(method: &str, path: &str) -> ApiError {
+    error(
+        404,
+        "OBJECT_NOT_FOUND",
+        format!("Unable to route {method} request to {path}"),
+    )
+}
+
+pub fn method_not_allowed(method: &str, path: &str) -> ApiError {
+    error(
+        405,
+        "VALIDATION_ERROR",
+        format!("HTTP method {method} is not supported by {path}"),
+    )
+}
+
+pub fn invalid_json(err: &serde_json::Error) -> ApiError {
+    validation(format!(
+        "Invalid input JSON on line {}, column {}: {err}",
+        err.line(),
+        err.column()
+    ))
+}
+
+/// Body of an injected failure (faults endpoint / error_rate). 429 gets the rate-limit body
+/// so clients exercise their real 429 path.
+pub fn injected(status: u16, message: Option<&str>, category: Option<&str>) -> ApiError {
+    if status == 429 && message.is_none() && category.is_none() {
+        return rate_limited();
+    }
+    let default_category = match status {
+        400 => "VALIDATION_ERROR",
+        401 => "INVALID_AUTHENTICATION",
+        403 => "MISSING_SCOPES",
+        404 => "OBJECT_NOT_FOUND",
+        409 => "CONFLICT",
+        423 => "LOCKED",
+        429 => "RATE_LIMITS",
+        _ => "INTERNAL_ERROR",
+    };
+    let reason = axum::http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let message = message
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{reason} (fault injected by etlify-mock)"));
+    error(status, category.unwrap_or(default_category), message)
+}

@@ -1,0 +1,112 @@
+//! Fault-injection configuration, set with `PUT /__mock/faults`. A PUT replaces the whole
+//! config, so tests never inherit a half-cleared state from an earlier one.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)] // a typo'd fault silently doing nothing would hide test bugs
+pub struct FaultConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_next: Option<Vec<FailSpec>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_ids: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hang_ms: Option<u64>,
+}
+
+/// One scripted whole-request failure.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FailSpec {
+    pub status: u16,
+    /// Seconds, sent as a `Retry-After` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+    /// Overrides the default error message / category of the body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    pub max: u64,
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+}
+
+fn default_interval_ms() -> u64 {
+    crate::ratelimit::DEFAULT_INTERVAL_MS
+}
+
+fn check_status(status: u16, what: &str) -> Result<(), String> {
+    if (400..=599).contains(&status) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} must be an HTTP error status (400-599), got {status}"
+        ))
+    }
+}
+
+impl FaultConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(r) = self.error_rate {
+            if !(0.0..=1.0).contains(&r) {
+                return Err(format!("error_rate must be within 0.0..=1.0, got {r}"));
+            }
+        }
+        if let Some(s) = self.error_status {
+            check_status(s, "error_status")?;
+        }
+        for f in self.fail_next.iter().flatten() {
+            check_status(f.status, "fail_next[].status")?;
+        }
+        if let Some(rl) = self.rate_limit {
+            if rl.interval_ms == 0 {
+                return Err("rate_limit.interval_ms must be > 0".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Total artificial latency; `hang_ms` is the same mechanism, named for intent.
+    pub fn delay_ms(&self) -> u64 {
+        self.delay_ms
+            .unwrap_or(0)
+            .saturating_add(self.hang_ms.unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_validates_and_echoes() {
+        let c: FaultConfig = serde_json::from_str(
+            r#"{"delay_ms":5,"fail_next":[{"status":500,"retry_after":2}],"fail_ids":{"a@b.c":"nope"},"rate_limit":{"max":3,"interval_ms":1000}}"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let echoed = serde_json::to_value(&c).unwrap();
+        assert_eq!(echoed["fail_next"][0]["retry_after"], 2);
+        assert!(echoed.get("error_rate").is_none());
+        assert!(serde_json::from_str::<FaultConfig>(r#"{"delay":5}"#).is_err());
+        let bad: FaultConfig = serde_json::from_str(r#"{"error_rate":1.5}"#).unwrap();
+        assert!(bad.validate().is_err());
+        let null: FaultConfig = serde_json::from_str(r#"{"rate_limit":null}"#).unwrap();
+        assert_eq!(null, FaultConfig::default());
+    }
+}

@@ -1,0 +1,106 @@
+-- etlify catalog and state. Runs first in CREATE EXTENSION (schema etlify already exists).
+--
+-- Three kinds of tables:
+--   configuration  crms, crm_secrets, mappings      dumped by pg_dump (pg_extension_config_dump)
+--   work           queue                            "key K of mapping M may have changed"
+--   state          records, sync_log                what the CRM holds, what was sent
+
+CREATE TABLE etlify.crms (
+    name            text PRIMARY KEY,
+    adapter         text NOT NULL,
+    config          jsonb NOT NULL DEFAULT '{}',
+    enabled         boolean NOT NULL DEFAULT true,
+    rate_limit      int CHECK (rate_limit IS NULL OR rate_limit > 0),
+    rate_period     interval NOT NULL DEFAULT '10 seconds' CHECK (rate_period > '0'),
+    max_sync_errors int NOT NULL DEFAULT 3 CHECK (max_sync_errors > 0),
+    batch_size      int CHECK (batch_size IS NULL OR batch_size > 0),
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+
+-- Secrets live apart so that crms can be readable by monitoring roles while the
+-- tokens stay readable by superusers only (REVOKE below, and no view joins it).
+CREATE TABLE etlify.crm_secrets (
+    crm    text PRIMARY KEY REFERENCES etlify.crms (name) ON DELETE CASCADE,
+    secret text NOT NULL
+);
+
+CREATE TABLE etlify.mappings (
+    id                serial PRIMARY KEY,
+    crm               text NOT NULL REFERENCES etlify.crms (name),
+    source            regclass NOT NULL,
+    object_type       text NOT NULL,
+    id_property       text NOT NULL,
+    -- regprocedure text (e.g. public.contact_payload(users)): text, not regproc, so
+    -- pg_upgrade accepts the table and pg_dump restores it by name
+    serializer        text NOT NULL,
+    watch             text[],
+    sync_if           text,
+    dependencies      jsonb,
+    sync_dependencies jsonb,
+    -- the role that declared the mapping: serializers and sync_if run as this role
+    owner             regrole NOT NULL,
+    -- the source's primary key column and type, fixed at declaration time
+    key_column        name NOT NULL,
+    key_type          regtype NOT NULL,
+    -- generated at declaration time (quoted identifiers only): loads and serializes
+    -- a batch of keys in one statement. $1 = text[] of keys.
+    fetch_sql         text NOT NULL,
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (crm, source)
+);
+
+-- Dirty records. One row per (mapping, key), whatever table the change came from.
+-- change_seq is bumped by every statement that touches the key; the drain clears a
+-- row only if change_seq is still the value it claimed, so a change committed while
+-- the record was in flight keeps it dirty (never lose a change).
+CREATE SEQUENCE etlify.change_seq;
+CREATE TABLE etlify.queue (
+    mapping_id  int NOT NULL REFERENCES etlify.mappings (id) ON DELETE CASCADE,
+    key         text NOT NULL,
+    change_seq  bigint NOT NULL,
+    enqueued_at timestamptz NOT NULL DEFAULT now(),
+    -- earliest next attempt; 'infinity' while parked
+    not_before  timestamptz NOT NULL DEFAULT '-infinity',
+    -- set by a claimer that committed its claim and is now talking to the CRM
+    claimed_by  text,
+    claimed_at  timestamptz,
+    PRIMARY KEY (mapping_id, key)
+);
+CREATE INDEX queue_ready ON etlify.queue (mapping_id, not_before);
+
+-- Sync state per (mapping, key): what the CRM holds for it.
+CREATE TABLE etlify.records (
+    mapping_id     int NOT NULL REFERENCES etlify.mappings (id) ON DELETE CASCADE,
+    key            text NOT NULL,
+    state          text NOT NULL CHECK (state IN ('pending', 'synced', 'skipped', 'buffered', 'failed', 'parked', 'deleted')),
+    crm_id         text,
+    digest         bytea,
+    last_synced_at timestamptz,
+    error_count    int NOT NULL DEFAULT 0,
+    last_error     text,
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (mapping_id, key)
+);
+
+-- Recent requests, trimmed to etlify.sync_log_size rows by the code that appends.
+CREATE TABLE etlify.sync_log_entries (
+    id          bigserial PRIMARY KEY,
+    at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+    crm         text NOT NULL,
+    source      regclass,
+    operation   text NOT NULL,
+    records     int NOT NULL,
+    http_status int,
+    duration_ms double precision,
+    error       text
+);
+
+REVOKE ALL ON ALL TABLES IN SCHEMA etlify FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA etlify FROM PUBLIC;
+
+-- pg_dump keeps the configuration; state is rebuilt by a backfill after a restore.
+SELECT pg_catalog.pg_extension_config_dump('etlify.crms', '');
+SELECT pg_catalog.pg_extension_config_dump('etlify.crm_secrets', '');
+SELECT pg_catalog.pg_extension_config_dump('etlify.mappings', '');
+SELECT pg_catalog.pg_extension_config_dump('etlify.mappings_id_seq', '');

@@ -1,0 +1,72 @@
+//! SQL functions written in Rust. The rest of the API is SQL (sql/*.sql).
+
+use crate::engine::{Engine, Host};
+use etlify_core::adapter::{self, CrmSettings};
+use etlify_core::http::Unpaced;
+use etlify_core::plan::{Intent, Verdict};
+use pgrx::prelude::*;
+use pgrx::JsonB;
+
+/// register_crm's check of the adapter name, its config and batch size.
+#[pg_extern(volatile)]
+fn _validate_adapter(adapter: &str, config: JsonB, batch_size: Option<i32>) {
+    if let Err(e) = adapter::validate(adapter, &config.0) {
+        error!("etlify.register_crm: {e}");
+    }
+    if let Some(n) = batch_size {
+        let settings = CrmSettings {
+            adapter: adapter.to_string(),
+            config: config.0.clone(),
+            // building needs a token; none is sent
+            secret: Some("validation".into()),
+            batch_size: Some(n.max(0) as usize),
+        };
+        if n <= 0 {
+            error!("etlify.register_crm: batch_size must be positive, got {n}");
+        }
+        if let Err(e) = adapter::build(&settings, Box::new(Unpaced)) {
+            error!("etlify.register_crm: {e}");
+        }
+    }
+}
+
+/// The worker's job, inline, in the caller's transaction (tests, one-off runs,
+/// clusters without the preload). HTTP happens inside this transaction.
+#[pg_extern(volatile, parallel_unsafe)]
+fn drain(crm: default!(Option<&str>, "NULL"), max_records: default!(Option<i32>, "NULL")) -> JsonB {
+    if let Some(n) = max_records {
+        if n < 0 {
+            error!("etlify.drain: max_records must not be negative, got {n}");
+        }
+    }
+    if let Some(name) = crm {
+        let known = Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM etlify.crms WHERE name = $1)",
+            &[name.into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+        if !known {
+            error!("etlify.drain: unknown CRM \"{name}\"");
+        }
+    }
+    let counts = Engine::new(Host::Inline).drain(crm, max_records.map(|n| n as usize), &|| false);
+    JsonB(counts.to_json())
+}
+
+/// etlify.sync / etlify.delete after their SQL wrappers resolved the mapping.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _sync_one(mapping_id: i32, key: &str, remove: bool) -> &'static str {
+    let intent = if remove {
+        Intent::Delete
+    } else {
+        Intent::Reconcile
+    };
+    match Engine::new(Host::Inline).one(mapping_id, key, intent) {
+        // the CRM could not take it now: the record stays pending, retried later
+        Verdict::Retry | Verdict::Stale => "failed",
+        Verdict::NotModified => "not_modified",
+        v => v.as_str(),
+    }
+}

@@ -1,0 +1,395 @@
+//! The drain: claim → serialize → digest → plan → send → record.
+//!
+//! Runs in two hosts. The worker gives each SQL step its own transaction, so no
+//! transaction is open while the CRM is called. Inline callers (etlify.drain,
+//! etlify.sync without the worker) run every step in the caller's transaction.
+
+mod pacer;
+pub mod store;
+
+use etlify_core::adapter::{self, CrmAdapter, CrmSettings, Outcome, Report};
+use etlify_core::plan::{plan, Claimed, Intent, Resolved, Verdict};
+use pacer::{LocalPacer, Sleeper};
+use pgrx::prelude::*;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use store::Work;
+
+/// The worker's claim token. Claims are committed before HTTP; a worker that dies
+/// leaves them behind, and the next worker releases them at start.
+pub const WORKER_CLAIMER: &str = "worker";
+
+/// Delay before retrying records the CRM could not take, when it gave no hint.
+const DEFAULT_RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Host {
+    Worker,
+    Inline,
+}
+
+impl Host {
+    fn claimer(self) -> Option<&'static str> {
+        match self {
+            Host::Worker => Some(WORKER_CLAIMER),
+            Host::Inline => None,
+        }
+    }
+
+    /// Runs one SQL step: in its own transaction in the worker, as is inline.
+    pub fn step<R>(self, f: impl FnOnce() -> R) -> R {
+        match self {
+            Host::Worker => crate::worker::transaction(f),
+            Host::Inline => f(),
+        }
+    }
+
+    fn sleeper(self) -> Sleeper {
+        match self {
+            Host::Worker => crate::worker::sleep,
+            Host::Inline => inline_sleep,
+        }
+    }
+}
+
+/// Sleeps in a backend; a cancel or statement_timeout raises an ERROR here.
+fn inline_sleep(d: Duration) -> bool {
+    let ms = d.as_millis().clamp(1, i64::MAX as u128) as std::ffi::c_long;
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            ms,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    pgrx::check_for_interrupts!();
+    true
+}
+
+/// What a drain did, by outcome.
+#[derive(Debug, Default, Clone)]
+pub struct Counts(HashMap<&'static str, u64>);
+
+impl Counts {
+    fn add(&mut self, results: &[Resolved]) {
+        for r in results {
+            *self.0.entry(r.verdict.as_str()).or_default() += 1;
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut out = serde_json::Map::new();
+        for k in [
+            "synced",
+            "not_modified",
+            "skipped",
+            "deleted",
+            "noop",
+            "failed",
+            "retry",
+            "disabled",
+            "buffered",
+        ] {
+            out.insert(k.into(), json!(self.0.get(k).copied().unwrap_or(0)));
+        }
+        // stale records are re-sent at once by the same drain; count them as retried
+        if let Some(n) = self.0.get("stale") {
+            *out.get_mut("retry").unwrap() = json!(out["retry"].as_u64().unwrap_or(0) + n);
+        }
+        Value::Object(out)
+    }
+}
+
+struct Crm {
+    version: String,
+    adapter: Box<dyn CrmAdapter>,
+    paused_until: Option<Instant>,
+}
+
+pub struct Engine {
+    host: Host,
+    crms: HashMap<String, Crm>,
+}
+
+impl Engine {
+    pub fn new(host: Host) -> Self {
+        Engine {
+            host,
+            crms: HashMap::new(),
+        }
+    }
+
+    /// Drains ready records of every mapping (or of one CRM's), round after round,
+    /// until nothing is ready, `max_records` were handled, or `stop()` says so.
+    pub fn drain(
+        &mut self,
+        crm: Option<&str>,
+        max_records: Option<usize>,
+        stop: &dyn Fn() -> bool,
+    ) -> Counts {
+        let host = self.host;
+        let mut counts = Counts::default();
+        let mut budget = max_records.unwrap_or(usize::MAX);
+        loop {
+            let work = host.step(|| store::work(crm));
+            let mut claimed_any = false;
+            for w in &work {
+                if budget == 0 || stop() {
+                    break;
+                }
+                if self.paused(&w.crm) {
+                    continue;
+                }
+                let limit = crate::gucs::claim_size().min(budget);
+                let rows = host.step(|| store::claim(w.mapping_id, limit, host.claimer(), None));
+                if rows.is_empty() {
+                    continue;
+                }
+                claimed_any = true;
+                budget = budget.saturating_sub(rows.len());
+                let (results, logs) = self.process(w, rows, Intent::Reconcile, stop);
+                counts.add(&results);
+                host.step(|| {
+                    store::record(w.mapping_id, host.claimer(), &results);
+                    store::log(&w.crm, w.source, logs);
+                });
+            }
+            if !claimed_any || budget == 0 || stop() {
+                return counts;
+            }
+        }
+    }
+
+    /// etlify.sync / etlify.delete of one key: the verdict for it.
+    pub fn one(&mut self, mapping_id: i32, key: &str, intent: Intent) -> Verdict {
+        let host = self.host;
+        let Some(w) = host
+            .step(|| store::work(None))
+            .into_iter()
+            .find(|w| w.mapping_id == mapping_id)
+        else {
+            pgrx::error!("etlify: mapping {mapping_id} no longer exists");
+        };
+        // a stale crm_id is forgotten by the first attempt and upserted by the second
+        for _ in 0..2 {
+            let rows = host
+                .step(|| store::claim(mapping_id, 1, host.claimer(), Some(vec![key.to_string()])));
+            let (results, logs) = self.process(&w, rows, intent, &|| false);
+            host.step(|| {
+                store::record(mapping_id, host.claimer(), &results);
+                store::log(&w.crm, w.source, logs);
+            });
+            match results.first().map(|r| r.verdict) {
+                Some(Verdict::Stale) if intent == Intent::Reconcile => continue,
+                Some(v) => return v,
+                None => return Verdict::Noop,
+            }
+        }
+        Verdict::Failed
+    }
+
+    fn paused(&self, crm: &str) -> bool {
+        self.crms
+            .get(crm)
+            .and_then(|c| c.paused_until)
+            .is_some_and(|t| t > Instant::now())
+    }
+
+    /// The CRM's adapter, built once and rebuilt when its registration changes.
+    fn crm(&mut self, w: &Work) -> Result<&mut Crm, String> {
+        let fresh = self
+            .crms
+            .get(&w.crm)
+            .is_some_and(|c| c.version == w.crm_version);
+        if !fresh {
+            let settings = CrmSettings {
+                adapter: w.adapter.clone(),
+                config: w.config.clone(),
+                secret: w.secret.clone(),
+                batch_size: w.batch_size.map(|n| n.max(1) as usize),
+            };
+            let pacer = LocalPacer::new(w.rate_limit, w.rate_period_ms, self.host.sleeper());
+            let adapter = adapter::build(&settings, Box::new(pacer))?;
+            self.crms.insert(
+                w.crm.clone(),
+                Crm {
+                    version: w.crm_version.clone(),
+                    adapter,
+                    paused_until: None,
+                },
+            );
+        }
+        Ok(self.crms.get_mut(&w.crm).expect("inserted above"))
+    }
+
+    /// Plans a claimed batch and sends what must be sent. No SQL in here: in the
+    /// worker this runs with no transaction open.
+    fn process(
+        &mut self,
+        w: &Work,
+        rows: Vec<Claimed>,
+        intent: Intent,
+        stop: &dyn Fn() -> bool,
+    ) -> (Vec<Resolved>, Vec<Value>) {
+        let p = plan(rows, &w.id_property, w.enabled, intent);
+        let mut results = p.done;
+        let mut logs = Vec::new();
+        if p.upserts.is_empty() && p.deletes.is_empty() {
+            return (results, logs);
+        }
+        let crm = match self.crm(w) {
+            Ok(c) => c,
+            Err(e) => {
+                // a registration the adapter cannot use: the CRM's fault, not the records'
+                let error = format!("CRM \"{}\" cannot be used: {e}", w.crm);
+                for u in &p.upserts {
+                    results.push(retry(&u.item.key, u.seq, &error, Duration::from_secs(60)));
+                }
+                for d in &p.deletes {
+                    results.push(retry(&d.item.key, d.seq, &error, Duration::from_secs(60)));
+                }
+                return (results, logs);
+            }
+        };
+        let batch = crm.adapter.max_batch_size().max(1);
+
+        for chunk in p.upserts.chunks(batch) {
+            if let Some(reason) = hold(crm, stop) {
+                results.extend(
+                    chunk
+                        .iter()
+                        .map(|u| retry(&u.item.key, u.seq, &reason, remaining(crm))),
+                );
+                continue;
+            }
+            let items: Vec<_> = chunk.iter().map(|u| u.item.clone()).collect();
+            let report = crm.adapter.upsert(&w.object_type, &w.id_property, &items);
+            let by_key = absorb(crm, &report, &mut logs);
+            for u in chunk {
+                results.push(match by_key.get(u.item.key.as_str()) {
+                    Some(Outcome::Synced { crm_id }) => Resolved {
+                        crm_id: Some(crm_id.clone()),
+                        digest: Some(u.digest),
+                        ..resolved(&u.item.key, u.seq, Verdict::Synced)
+                    },
+                    other => settle(&u.item.key, u.seq, other, &report),
+                });
+            }
+        }
+        for chunk in p.deletes.chunks(batch) {
+            if let Some(reason) = hold(crm, stop) {
+                results.extend(
+                    chunk
+                        .iter()
+                        .map(|d| retry(&d.item.key, d.seq, &reason, remaining(crm))),
+                );
+                continue;
+            }
+            let items: Vec<_> = chunk.iter().map(|d| d.item.clone()).collect();
+            let report = crm.adapter.delete(&w.object_type, &items);
+            let by_key = absorb(crm, &report, &mut logs);
+            for d in chunk {
+                results.push(settle(
+                    &d.item.key,
+                    d.seq,
+                    by_key.get(d.item.key.as_str()),
+                    &report,
+                ));
+            }
+        }
+        (results, logs)
+    }
+}
+
+/// Why the next request must not go now, if it must not.
+fn hold(crm: &Crm, stop: &dyn Fn() -> bool) -> Option<String> {
+    if stop() {
+        return Some("stopped before sending".into());
+    }
+    if crm.paused_until.is_some_and(|t| t > Instant::now()) {
+        return Some("the CRM asked to slow down".into());
+    }
+    None
+}
+
+fn remaining(crm: &Crm) -> Duration {
+    crm.paused_until
+        .map(|t| t.saturating_duration_since(Instant::now()))
+        .unwrap_or_default()
+}
+
+/// Takes a report's pause and request log; returns its outcomes by key.
+fn absorb<'a>(
+    crm: &mut Crm,
+    report: &'a Report,
+    logs: &mut Vec<Value>,
+) -> HashMap<&'a str, &'a Outcome> {
+    if let Some(p) = report.pause {
+        crm.paused_until = Some(Instant::now() + p);
+    }
+    for r in &report.requests {
+        logs.push(json!({
+            "operation": r.operation,
+            "records": r.records,
+            "http_status": r.http_status,
+            "duration_ms": r.duration_ms,
+            "error": r.error,
+        }));
+    }
+    report
+        .outcomes
+        .iter()
+        .map(|(k, o)| (k.as_str(), o))
+        .collect()
+}
+
+fn resolved(key: &str, seq: Option<i64>, verdict: Verdict) -> Resolved {
+    Resolved {
+        key: key.to_string(),
+        seq,
+        verdict,
+        crm_id: None,
+        digest: None,
+        error: None,
+        retry_ms: None,
+    }
+}
+
+fn retry(key: &str, seq: Option<i64>, error: &str, after: Duration) -> Resolved {
+    Resolved {
+        error: Some(error.to_string()),
+        retry_ms: Some(after.as_millis() as u64),
+        ..resolved(key, seq, Verdict::Retry)
+    }
+}
+
+/// Every outcome but a successful upsert (which also carries the digest).
+fn settle(key: &str, seq: Option<i64>, outcome: Option<&&Outcome>, report: &Report) -> Resolved {
+    match outcome {
+        Some(Outcome::Synced { crm_id }) => Resolved {
+            crm_id: Some(crm_id.clone()),
+            ..resolved(key, seq, Verdict::Synced)
+        },
+        Some(Outcome::Deleted) => resolved(key, seq, Verdict::Deleted),
+        Some(Outcome::Failed { error }) => Resolved {
+            error: Some(error.clone()),
+            ..resolved(key, seq, Verdict::Failed)
+        },
+        Some(Outcome::Retry { error }) => {
+            retry(key, seq, error, report.pause.unwrap_or(DEFAULT_RETRY))
+        }
+        Some(Outcome::Stale { error }) => Resolved {
+            error: Some(error.clone()),
+            ..resolved(key, seq, Verdict::Stale)
+        },
+        None => retry(
+            key,
+            seq,
+            "the adapter returned no outcome for this record",
+            DEFAULT_RETRY,
+        ),
+    }
+}

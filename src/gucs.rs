@@ -1,0 +1,109 @@
+//! Settings (postgresql.conf or SET) and their typed accessors.
+
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
+use std::time::Duration;
+
+/// Database the worker serves. Postmaster-only: the worker connects once.
+pub static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+/// Longest sleep when no change wakes the worker.
+pub static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+/// Global switch: off, workers idle while triggers keep recording changes.
+pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+/// Delay before the first retry of a failed record; doubles per failure.
+pub static RETRY_BACKOFF_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
+/// Cap of that delay.
+pub static RETRY_BACKOFF_MAX_MS: GucSetting<i32> = GucSetting::<i32>::new(3_600_000);
+/// Rows kept in etlify.sync_log.
+pub static SYNC_LOG_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+/// Records claimed per round and mapping (a multiple of the adapter's batch size).
+pub static CLAIM_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
+pub fn init() {
+    GucRegistry::define_string_guc(
+        c"etlify.database",
+        c"Database the etlify sync worker serves.",
+        c"The worker connects to this database at start; changing it needs a restart.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"etlify.naptime",
+        c"Longest sleep of the sync worker when no change wakes it.",
+        c"Committed changes wake the worker at once; this bounds the wait for retries that come due.",
+        &NAPTIME_MS,
+        10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_bool_guc(
+        c"etlify.enabled",
+        c"Global switch of the sync workers.",
+        c"Off: workers idle, triggers still record changes, which are sent once it is on again.",
+        &ENABLED,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"etlify.retry_backoff",
+        c"Delay before the first retry of a failed record.",
+        c"Doubles with every further failure, up to etlify.retry_backoff_max.",
+        &RETRY_BACKOFF_MS,
+        1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"etlify.retry_backoff_max",
+        c"Longest delay between two attempts of a failed record.",
+        c"",
+        &RETRY_BACKOFF_MAX_MS,
+        1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"etlify.sync_log_size",
+        c"Number of requests kept in etlify.sync_log.",
+        c"",
+        &SYNC_LOG_SIZE,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"etlify.claim_size",
+        c"Records the drain claims per round and mapping.",
+        c"Larger rounds amortize the two transactions around each round of requests.",
+        &CLAIM_SIZE,
+        1,
+        100_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+}
+
+pub fn database() -> String {
+    DATABASE
+        .get()
+        .and_then(|s| s.into_string().ok())
+        .unwrap_or_else(|| "postgres".into())
+}
+
+pub fn naptime() -> Duration {
+    Duration::from_millis(NAPTIME_MS.get().max(1) as u64)
+}
+
+pub fn enabled() -> bool {
+    ENABLED.get()
+}
+
+pub fn claim_size() -> usize {
+    CLAIM_SIZE.get().max(1) as usize
+}

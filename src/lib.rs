@@ -1,0 +1,46 @@
+//! etlify: keep Postgres tables in sync with CRMs, from inside Postgres.
+//!
+//! Triggers record *that* a record changed (sql/catalog.sql); the background
+//! worker (worker.rs) decides *what* to send and sends it (engine/), through the
+//! adapters of etlify-core.
+
+use pgrx::prelude::*;
+use std::sync::atomic::Ordering;
+
+mod api;
+mod engine;
+mod gucs;
+mod wake;
+mod worker;
+
+::pgrx::pg_module_magic!();
+
+extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+extension_sql_file!(
+    "../sql/catalog.sql",
+    name = "catalog",
+    requires = ["bootstrap"]
+);
+extension_sql_file!("../sql/operations.sql", name = "operations", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+    // Shared memory and the worker exist only when preloaded; without the preload
+    // the extension still records changes, and etlify.drain() does the worker's job.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        use wake::WORKER_PROC;
+        pgrx::pg_shmem_init!(WORKER_PROC);
+        wake::SHMEM_READY.store(true, Ordering::Relaxed);
+        worker::register();
+    }
+}
+
+/// Required by `cargo pgrx test`; unused (end-to-end tests live in tests/).
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

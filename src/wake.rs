@@ -1,0 +1,64 @@
+//! Wake the sync worker when a transaction that recorded changes commits.
+//!
+//! The capture triggers call `etlify._wake()` once per statement that enqueued
+//! something. The first call in a transaction registers a commit callback; on
+//! COMMIT it sets the worker's latch, on abort nothing happens (a rolled-back
+//! change is never sent, and the worker is not disturbed for it).
+
+use pgrx::prelude::*;
+use pgrx::{register_xact_callback, PgAtomic, PgXactCallbackEvent};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+/// pgprocno + 1 of the running worker; 0 when none runs.
+pub static WORKER_PROC: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"etlify_worker_proc") };
+
+/// Set in _PG_init when loaded through shared_preload_libraries: only then does
+/// the shared memory above exist.
+pub static SHMEM_READY: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    static WAKE_REGISTERED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Called by the capture triggers and by enqueue-like functions.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _wake() {
+    if !SHMEM_READY.load(Ordering::Relaxed) || WAKE_REGISTERED.with(|w| w.replace(true)) {
+        return;
+    }
+    register_xact_callback(PgXactCallbackEvent::Commit, || {
+        WAKE_REGISTERED.with(|w| w.set(false));
+        wake_worker();
+    });
+    register_xact_callback(PgXactCallbackEvent::Abort, || {
+        WAKE_REGISTERED.with(|w| w.set(false));
+    });
+}
+
+/// Sets the worker's latch, if a worker runs.
+pub fn wake_worker() {
+    if !SHMEM_READY.load(Ordering::Relaxed) {
+        return;
+    }
+    let proc = WORKER_PROC.get().load(Ordering::Acquire);
+    if proc > 0 {
+        // SAFETY: ProcGlobal is set up by the postmaster before any backend runs, and
+        // a PGPROC slot (with its latch) lives as long as the cluster.
+        unsafe {
+            let p = (*pg_sys::ProcGlobal).allProcs.add((proc - 1) as usize);
+            pg_sys::SetLatch(&raw mut (*p).procLatch);
+        }
+    }
+}
+
+/// Called by the worker at start.
+pub fn register_worker() {
+    // SAFETY: MyProc is set for every process attached to shared memory.
+    let procno = unsafe { (*pg_sys::MyProc).pgprocno };
+    WORKER_PROC.get().store(procno + 1, Ordering::Release);
+}
+
+pub fn unregister_worker() {
+    WORKER_PROC.get().store(0, Ordering::Release);
+}

@@ -1,0 +1,124 @@
+//! The sync worker: one background process per cluster, serving etlify.database.
+//!
+//! Loop: drain what is ready, then sleep on the latch until a commit wakes it
+//! (see wake.rs) or etlify.naptime passes. SIGHUP reloads settings, SIGTERM stops
+//! it between two requests. An error aborts the round's transaction, releases the
+//! round's claims and is logged; the next round starts after a nap.
+
+use crate::engine::{store, Engine, Host, WORKER_CLAIMER};
+use crate::{gucs, wake};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::prelude::*;
+use pgrx::PgTryBuilder;
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+pub const BACKEND_TYPE: &str = "etlify sync worker";
+
+pub fn register() {
+    BackgroundWorkerBuilder::new(BACKEND_TYPE)
+        .set_type(BACKEND_TYPE)
+        .set_library("etlify")
+        .set_function("etlify_worker_main")
+        .enable_spi_access()
+        // restarted by the postmaster after a crash (and after exit code 1)
+        .set_restart_time(Some(Duration::from_secs(1)))
+        .load();
+}
+
+/// One transaction of the worker. An error inside unwinds to the round's handler
+/// in `etlify_worker_main`, which aborts it.
+pub fn transaction<R>(f: impl FnOnce() -> R) -> R {
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let result = f();
+    unsafe {
+        pg_sys::PopActiveSnapshot();
+        pg_sys::CommitTransactionCommand();
+    }
+    result
+}
+
+/// Interruptible sleep (rate limits): false when SIGTERM asks the worker to stop.
+pub fn sleep(d: Duration) -> bool {
+    BackgroundWorker::wait_latch(Some(d.max(Duration::from_millis(1))))
+        && !BackgroundWorker::sigterm_received()
+}
+
+fn stop_requested() -> bool {
+    BackgroundWorker::sigterm_received()
+}
+
+fn set_activity(what: &str) {
+    let c = std::ffi::CString::new(what).unwrap_or_default();
+    unsafe { pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_RUNNING, c.as_ptr()) };
+}
+
+fn extension_installed() -> bool {
+    transaction(|| {
+        Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'etlify')")
+            .ok()
+            .flatten()
+            .unwrap_or(false)
+    })
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn etlify_worker_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let database = gucs::database();
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    wake::register_worker();
+    log!("{BACKEND_TYPE} started for database \"{database}\"");
+
+    let mut engine = Engine::new(Host::Worker);
+    let mut recovered = false;
+    while !stop_requested() {
+        if BackgroundWorker::sighup_received() {
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        if gucs::enabled() && extension_installed() {
+            set_activity("draining");
+            let round = PgTryBuilder::new(AssertUnwindSafe(|| {
+                if !recovered {
+                    // claims a previous incarnation committed before it died
+                    let n = transaction(|| store::release_claims(WORKER_CLAIMER));
+                    if n > 0 {
+                        log!("{BACKEND_TYPE}: released {n} claims left by a previous run; they will be sent again");
+                    }
+                    recovered = true;
+                }
+                engine.drain(None, None, &stop_requested);
+            }))
+            .catch_others(|e| {
+                unsafe { pg_sys::AbortCurrentTransaction() };
+                let message = match &e {
+                    pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => {
+                        r.message().to_string()
+                    }
+                    pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+                };
+                warning!("{BACKEND_TYPE}: {message}");
+                let released = PgTryBuilder::new(|| transaction(|| store::release_claims(WORKER_CLAIMER)))
+                    .catch_others(|_| {
+                        unsafe { pg_sys::AbortCurrentTransaction() };
+                        0
+                    })
+                    .execute();
+                let _ = released;
+            })
+            .execute();
+            let _ = round;
+            set_activity("idle");
+        }
+        if !BackgroundWorker::wait_latch(Some(gucs::naptime())) {
+            break;
+        }
+    }
+    wake::unregister_worker();
+    log!("{BACKEND_TYPE} stopped");
+}

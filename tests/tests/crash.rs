@@ -1,0 +1,149 @@
+//! Crashes lose nothing and duplicate nothing: a worker killed with SIGKILL in the
+//! middle of a drain, or the whole server stopped in immediate mode, and the
+//! postmaster restarts the worker.
+
+use std::collections::BTreeMap;
+
+use etlify_e2e::fixtures::{email, insert_users, map_users, statuses};
+use etlify_e2e::mock::id_of;
+use etlify_e2e::{wait_for_default, Env};
+use serde_json::{json, Value};
+
+/// Waits until the mock holds exactly `n` contacts and every user 1..=n is synced
+/// with the crm_id of the contact that has its email; returns email → contact.
+fn wait_all_synced(env: &mut Env, n: i64) -> BTreeMap<String, Value> {
+    let contacts = wait_for_default(&format!("{n} contacts"), || {
+        let o = env.mock.objects("contacts");
+        (o.len() as i64 == n).then_some(o)
+    });
+    let by_email: BTreeMap<String, Value> = contacts
+        .into_iter()
+        .map(|c| (c["properties"]["email"].as_str().unwrap().to_string(), c))
+        .collect();
+    assert_eq!(by_email.len() as i64, n, "one contact per email");
+    let keys: Vec<i64> = (1..=n).collect();
+    let st = etlify_e2e::fixtures::wait_users_state(&mut env.db, &keys, "synced");
+    for i in 1..=n {
+        let c = by_email
+            .get(&email(i))
+            .unwrap_or_else(|| panic!("no contact for user {i}"));
+        assert_eq!(st[&i.to_string()].crm_id, id_of(c), "user {i}'s crm_id");
+    }
+    by_email
+}
+
+fn no_conflicts(env: &Env) {
+    let reqs = env.mock.crm_requests();
+    assert!(
+        reqs.iter().all(|r| r["status"] != json!(409)),
+        "a resend conflicted with an existing object: {reqs:?}"
+    );
+    assert!(env.mock.archived("contacts").is_empty());
+}
+
+#[test]
+fn sigkill_mid_drain_loses_nothing_and_duplicates_nothing() {
+    let mut env = Env::start("", ", batch_size => 10");
+    map_users(&mut env.db, "");
+    env.mock.set_faults(json!({ "delay_ms": 400 }));
+    insert_users(&mut env.db, 1..=50);
+    wait_for_default("a batch in flight", || {
+        (env.mock.inflight() >= 1).then_some(())
+    });
+    // a change committed just before the crash must survive it too
+    env.db
+        .execute(
+            "UPDATE users SET first_name = 'BeforeCrash' WHERE id = 1",
+            &[],
+        )
+        .unwrap();
+    let pid = env.cluster.wait_worker_pid();
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    env.mock.set_faults(json!({}));
+
+    env.db = env.cluster.client(); // the postmaster reset every backend
+    let new_pid = env.cluster.wait_worker_pid();
+    assert_ne!(new_pid, pid);
+    let by_email = wait_all_synced(&mut env, 50);
+    assert_eq!(
+        by_email[&email(1)]["properties"]["firstname"],
+        "BeforeCrash"
+    );
+    assert_eq!(by_email[&email(50)]["properties"]["firstname"], "First50");
+    no_conflicts(&env);
+    assert!(
+        env.cluster.log().contains("terminated by signal 9"),
+        "the postmaster saw the worker die"
+    );
+}
+
+#[test]
+fn worker_is_restarted_by_the_postmaster_after_a_crash() {
+    let mut env = Env::start("", "");
+    map_users(&mut env.db, "");
+    let pid = env.cluster.wait_worker_pid();
+    let row = env
+        .db
+        .query_one(
+            "SELECT backend_type, datname::text FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "etlify sync worker");
+    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("postgres"));
+
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let new_pid = etlify_e2e::wait_for_default("a new worker", || {
+        env.cluster.worker_pid().filter(|p| *p != pid)
+    });
+    assert_ne!(new_pid, pid);
+    env.db = env.cluster.client();
+    insert_users(&mut env.db, [1]);
+    wait_all_synced(&mut env, 1);
+    assert_eq!(env.cluster.worker_pids().len(), 1, "exactly one worker");
+}
+
+#[test]
+fn immediate_shutdown_mid_drain_loses_nothing() {
+    let mut env = Env::start("", ", batch_size => 10");
+    map_users(&mut env.db, "");
+    env.mock.set_faults(json!({ "delay_ms": 400 }));
+    insert_users(&mut env.db, 1..=30);
+    wait_for_default("a batch in flight", || {
+        (env.mock.inflight() >= 1).then_some(())
+    });
+    env.cluster.crash_restart();
+    env.mock.set_faults(json!({}));
+    env.db = env.cluster.client();
+    env.cluster.wait_worker_pid();
+    wait_all_synced(&mut env, 30);
+    no_conflicts(&env);
+    let st = statuses(&mut env.db, "hubspot", "users");
+    assert_eq!(st.len(), 30);
+}
+
+#[test]
+fn clean_restart_keeps_sync_state_and_pending_changes() {
+    let mut env = Env::start("etlify.enabled = off", "");
+    map_users(&mut env.db, "");
+    insert_users(&mut env.db, 1..=3);
+    // recorded while the workers idle
+    let st = statuses(&mut env.db, "hubspot", "users");
+    assert_eq!(st.len(), 3);
+    assert!(st.values().all(|s| s.state == "pending"), "{st:?}");
+
+    env.cluster.append_conf("etlify.enabled = on");
+    env.cluster.restart();
+    env.db = env.cluster.client();
+    wait_all_synced(&mut env, 3);
+    let before = env.mock.crm_requests().len();
+
+    // after another restart the state is still there: nothing is sent again
+    env.cluster.restart();
+    env.db = env.cluster.client();
+    env.cluster.wait_worker_pid();
+    insert_users(&mut env.db, [4]);
+    wait_all_synced(&mut env, 4);
+    let reqs = env.mock.crm_requests();
+    assert_eq!(reqs.len(), before + 1, "only user 4 was sent: {reqs:?}");
+}

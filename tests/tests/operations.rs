@@ -1,0 +1,436 @@
+//! The operation functions (sync, delete, enqueue, drain, sync_stale, unsync_table)
+//! and their results; disabled CRMs; sync_if; the global switch; SIGHUP reload.
+
+use std::time::Duration;
+
+use etlify_e2e::fixtures::{
+    email, insert_users, json, map_users, overview, pending_count, register_crm, scalar, statuses,
+    user_status, wait_users_state,
+};
+use etlify_e2e::mock::id_of;
+use etlify_e2e::{wait_for, wait_for_default, Env};
+use serde_json::{json, Value};
+
+const COUNTS: [&str; 9] = [
+    "synced",
+    "not_modified",
+    "skipped",
+    "deleted",
+    "noop",
+    "failed",
+    "retry",
+    "disabled",
+    "buffered",
+];
+
+/// Asserts a drain result: every count named in `expected` has that value, every
+/// other count is 0, and all nine counts are present.
+fn assert_counts(result: &Value, expected: &[(&str, i64)]) {
+    for k in COUNTS {
+        let want = expected
+            .iter()
+            .find(|(name, _)| *name == k)
+            .map(|(_, n)| *n)
+            .unwrap_or(0);
+        assert_eq!(
+            result.get(k).and_then(Value::as_i64),
+            Some(want),
+            "drain count {k:?} in {result}"
+        );
+    }
+}
+
+fn sync(env: &mut Env, key: &str) -> String {
+    scalar(
+        &mut env.db,
+        &format!("etlify.sync('hubspot', 'users', '{key}')"),
+    )
+    .expect("sync result")
+}
+
+fn delete(env: &mut Env, key: &str) -> String {
+    scalar(
+        &mut env.db,
+        &format!("etlify.delete('hubspot', 'users', '{key}')"),
+    )
+    .expect("delete result")
+}
+
+#[test]
+fn drain_results_without_a_worker() {
+    let mut env = Env::start_without_worker("", "");
+    insert_users(&mut env.db, 1..=2);
+    map_users(&mut env.db, ""); // backfill: the existing rows are enqueued
+    assert_eq!(pending_count(&mut env.db, "hubspot"), 2);
+    assert!(
+        env.mock.crm_requests().is_empty(),
+        "nothing runs without the worker"
+    );
+
+    assert_counts(&json(&mut env.db, "etlify.drain()"), &[("synced", 2)]);
+    assert_eq!(env.mock.objects("contacts").len(), 2);
+    wait_users_state(&mut env.db, &[1, 2], "synced");
+    assert_counts(&json(&mut env.db, "etlify.drain()"), &[]);
+
+    let before = env.mock.crm_requests().len();
+    env.db
+        .execute(
+            "UPDATE users SET note = 'not in the payload' WHERE id = 1",
+            &[],
+        )
+        .unwrap();
+    assert_counts(&json(&mut env.db, "etlify.drain()"), &[("not_modified", 1)]);
+    assert_eq!(
+        env.mock.crm_requests().len(),
+        before,
+        "not_modified sends nothing"
+    );
+
+    env.db
+        .execute("UPDATE users SET first_name = 'Changed' WHERE id = 2", &[])
+        .unwrap();
+    assert_counts(&json(&mut env.db, "etlify.drain()"), &[("synced", 1)]);
+    assert_eq!(
+        env.mock.find("contacts", "email", &email(2)).unwrap()["properties"]["firstname"],
+        "Changed"
+    );
+
+    insert_users(&mut env.db, 3..=5);
+    assert_counts(
+        &json(&mut env.db, "etlify.drain(max_records => 2)"),
+        &[("synced", 2)],
+    );
+    assert_eq!(pending_count(&mut env.db, "hubspot"), 1);
+    assert_counts(
+        &json(&mut env.db, "etlify.drain('hubspot')"),
+        &[("synced", 1)],
+    );
+    assert_eq!(env.mock.objects("contacts").len(), 5);
+
+    env.db
+        .execute("DELETE FROM users WHERE id = 5", &[])
+        .unwrap();
+    assert_counts(&json(&mut env.db, "etlify.drain()"), &[("deleted", 1)]);
+    assert_eq!(env.mock.archived("contacts").len(), 1);
+    assert_eq!(user_status(&mut env.db, 5).unwrap().state, "deleted");
+}
+
+#[test]
+fn sync_delete_and_enqueue_results_without_a_worker() {
+    let mut env = Env::start_without_worker("", "");
+    map_users(&mut env.db, "");
+    insert_users(&mut env.db, [1]);
+
+    assert_eq!(sync(&mut env, "1"), "synced");
+    let c = env
+        .mock
+        .find("contacts", "email", &email(1))
+        .expect("sent at once");
+    assert_eq!(user_status(&mut env.db, 1).unwrap().crm_id, id_of(&c));
+    let requests = env.mock.crm_requests().len();
+    assert_eq!(sync(&mut env, "1"), "not_modified");
+    assert_eq!(
+        env.mock.crm_requests().len(),
+        requests,
+        "not_modified sends nothing"
+    );
+
+    // enqueue: pending until drained; unchanged, so not_modified
+    env.db
+        .execute("SELECT etlify.enqueue('hubspot', 'users', '1')", &[])
+        .unwrap();
+    assert_eq!(user_status(&mut env.db, 1).unwrap().state, "pending");
+    assert_counts(&json(&mut env.db, "etlify.drain()"), &[("not_modified", 1)]);
+    assert_eq!(user_status(&mut env.db, 1).unwrap().state, "synced");
+
+    // delete removes the CRM object now (the row stays); twice is a noop
+    assert_eq!(delete(&mut env, "1"), "deleted");
+    assert!(env.mock.objects("contacts").is_empty());
+    assert_eq!(env.mock.archived("contacts").len(), 1);
+    assert_eq!(user_status(&mut env.db, 1).unwrap().state, "deleted");
+    assert_eq!(delete(&mut env, "1"), "noop");
+
+    // the CRM no longer holds it: sync sends it again
+    assert_eq!(sync(&mut env, "1"), "synced");
+    assert_eq!(env.mock.objects("contacts").len(), 1);
+
+    // a key without a row: nothing to send, nothing to delete
+    assert_eq!(sync(&mut env, "999"), "noop");
+    // the row is gone: sync deletes the CRM object
+    env.db
+        .execute("DELETE FROM users WHERE id = 1", &[])
+        .unwrap();
+    assert_eq!(sync(&mut env, "1"), "deleted");
+    assert!(env.mock.objects("contacts").is_empty());
+
+    // a malformed key is an error naming it
+    let err = env
+        .db
+        .query_one(
+            "SELECT etlify.sync('hubspot', 'users', 'not-a-number')",
+            &[],
+        )
+        .expect_err("bad key");
+    assert!(
+        etlify_e2e::fixtures::error_text(&err).contains("not-a-number"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sync_and_delete_wait_for_the_worker() {
+    let mut env = Env::start("", "");
+    map_users(&mut env.db, "");
+    insert_users(&mut env.db, [1]);
+    wait_users_state(&mut env.db, &[1], "synced");
+    let requests = env.mock.crm_requests().len();
+
+    assert_eq!(sync(&mut env, "1"), "not_modified");
+    assert_eq!(env.mock.crm_requests().len(), requests);
+    assert_eq!(delete(&mut env, "1"), "deleted");
+    assert!(
+        env.mock.objects("contacts").is_empty(),
+        "deleted before returning"
+    );
+    assert_eq!(delete(&mut env, "1"), "noop");
+    assert_eq!(sync(&mut env, "1"), "synced");
+    let c = env
+        .mock
+        .find("contacts", "email", &email(1))
+        .expect("synced before returning");
+    assert_eq!(user_status(&mut env.db, 1).unwrap().crm_id, id_of(&c));
+
+    env.db
+        .execute("UPDATE users SET first_name = 'Now' WHERE id = 1", &[])
+        .unwrap();
+    let r = sync(&mut env, "1");
+    // the worker may have sent the change on its own just before
+    assert!(r == "synced" || r == "not_modified", "{r}");
+    assert_eq!(
+        env.mock.find("contacts", "email", &email(1)).unwrap()["properties"]["firstname"],
+        "Now"
+    );
+}
+
+#[test]
+fn disabled_crm_sends_nothing_inline() {
+    let mut env = Env::start_without_worker("", ", enabled => false");
+    map_users(&mut env.db, "");
+    insert_users(&mut env.db, 1..=2);
+    assert_counts(&json(&mut env.db, "etlify.drain()"), &[("disabled", 2)]);
+    insert_users(&mut env.db, [3]);
+    assert_eq!(sync(&mut env, "3"), "disabled");
+    assert!(
+        env.mock.crm_requests().is_empty(),
+        "a disabled CRM is never called"
+    );
+    let st = statuses(&mut env.db, "hubspot", "users");
+    assert!(
+        st.values()
+            .all(|s| s.state != "synced" && s.crm_id.is_none()),
+        "no sync state is written: {st:?}"
+    );
+}
+
+#[test]
+fn disabled_crm_sends_nothing_through_the_worker() {
+    let mut env = Env::start("", "");
+    // a second, disabled registration of the same mock, mapped to its own table
+    register_crm(&mut env.db, "off", &env.mock, ", enabled => false");
+    env.db
+        .batch_execute(
+            "CREATE TABLE leads (id int PRIMARY KEY, email text);
+             CREATE FUNCTION lead_payload(l leads) RETURNS jsonb LANGUAGE sql
+               AS $$ SELECT jsonb_build_object('email', l.email) $$;
+             SELECT etlify.sync_table('off', 'leads', 'contacts', 'email', 'lead_payload');
+             INSERT INTO leads SELECT i, 'lead' || i || '@example.com' FROM generate_series(1, 3) i;",
+        )
+        .unwrap();
+    map_users(&mut env.db, "");
+    insert_users(&mut env.db, [1]);
+    wait_users_state(&mut env.db, &[1], "synced");
+    wait_for_default("the disabled mapping's changes consumed", || {
+        (pending_count(&mut env.db, "off") == 0).then_some(())
+    });
+    let contacts = env.mock.objects("contacts");
+    assert_eq!(
+        contacts.len(),
+        1,
+        "only the enabled CRM's record: {contacts:?}"
+    );
+    assert_eq!(env.mock.crm_inputs(), 1);
+    let st = statuses(&mut env.db, "off", "leads");
+    assert!(
+        st.values()
+            .all(|s| s.crm_id.is_none() && s.state != "synced"),
+        "{st:?}"
+    );
+}
+
+#[test]
+fn sync_if_false_is_skipped() {
+    let mut env = Env::start("", "");
+    map_users(&mut env.db, ", sync_if => 'active'");
+    env.db
+        .batch_execute(
+            "INSERT INTO users (id, email, first_name, active) VALUES
+               (1, 'user1@example.com', 'On', true), (2, 'user2@example.com', 'Off', false)",
+        )
+        .unwrap();
+    wait_users_state(&mut env.db, &[1], "synced");
+    wait_users_state(&mut env.db, &[2], "skipped");
+    let contacts = env.mock.objects("contacts");
+    assert_eq!(contacts.len(), 1, "{contacts:?}");
+    assert_eq!(env.mock.crm_inputs(), 1, "the skipped row was never sent");
+    assert_eq!(sync(&mut env, "2"), "skipped");
+    assert_eq!(env.mock.crm_inputs(), 1);
+    let o = overview(&mut env.db, "hubspot", "users");
+    assert_eq!(
+        (o["synced"].clone(), o["skipped"].clone()),
+        (json!(1), json!(1)),
+        "{o}"
+    );
+
+    env.db
+        .execute("UPDATE users SET active = true WHERE id = 2", &[])
+        .unwrap();
+    wait_for_default("user 2 in the CRM", || {
+        env.mock.find("contacts", "email", &email(2))
+    });
+    wait_users_state(&mut env.db, &[2], "synced");
+}
+
+#[test]
+fn sync_stale_sends_what_backfill_false_left_out() {
+    let mut env = Env::start("", "");
+    insert_users(&mut env.db, 1..=3);
+    map_users(&mut env.db, ", backfill => false");
+    assert_eq!(
+        pending_count(&mut env.db, "hubspot"),
+        0,
+        "backfill => false enqueues nothing"
+    );
+    assert!(statuses(&mut env.db, "hubspot", "users").is_empty());
+
+    let r = json(&mut env.db, "etlify.sync_stale()");
+    assert_eq!(r["total"], json!(3), "{r}");
+    assert_eq!(r["per_model"]["users"], json!(3), "{r}");
+    assert_eq!(r["errors"], json!(0), "{r}");
+    wait_users_state(&mut env.db, &[1, 2, 3], "synced");
+    assert_eq!(env.mock.objects("contacts").len(), 3);
+
+    let r = json(
+        &mut env.db,
+        "etlify.sync_stale('hubspot', ARRAY['users'::regclass])",
+    );
+    assert_eq!(r["total"], json!(0), "nothing is stale any more: {r}");
+}
+
+#[test]
+fn unsync_table_removes_triggers_and_state_and_sends_nothing() {
+    let mut env = Env::start("", "");
+    map_users(&mut env.db, "");
+    insert_users(&mut env.db, [1]);
+    wait_users_state(&mut env.db, &[1], "synced");
+    let requests = env.mock.crm_requests().len();
+
+    env.db
+        .execute("SELECT etlify.unsync_table('hubspot', 'users')", &[])
+        .unwrap();
+    let triggers: i64 = env
+        .db
+        .query_one(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'users'::regclass AND NOT tgisinternal",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(triggers, 0);
+    assert!(statuses(&mut env.db, "hubspot", "users").is_empty());
+    assert_eq!(overview(&mut env.db, "hubspot", "users"), Value::Null);
+    insert_users(&mut env.db, [2]);
+    env.db
+        .execute("DELETE FROM users WHERE id = 1", &[])
+        .unwrap();
+    assert!(
+        statuses(&mut env.db, "hubspot", "users").is_empty(),
+        "nothing recorded"
+    );
+    assert_eq!(
+        env.mock.crm_requests().len(),
+        requests,
+        "unsync sends nothing"
+    );
+    assert_eq!(
+        env.mock.objects("contacts").len(),
+        1,
+        "the CRM object is left alone"
+    );
+}
+
+#[test]
+fn enabled_off_records_changes_and_on_sends_them() {
+    let mut env = Env::start("etlify.enabled = off", "");
+    map_users(&mut env.db, "");
+    insert_users(&mut env.db, 1..=3);
+    let st = statuses(&mut env.db, "hubspot", "users");
+    assert_eq!(st.len(), 3);
+    assert!(st.values().all(|s| s.state == "pending"), "{st:?}");
+    // No event says "the worker looked and did nothing": give it five naptimes.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(env.mock.crm_requests().is_empty(), "off: nothing is sent");
+    assert_eq!(pending_count(&mut env.db, "hubspot"), 3);
+
+    env.db
+        .batch_execute("ALTER SYSTEM SET etlify.enabled = on; SELECT pg_reload_conf();")
+        .unwrap();
+    wait_users_state(&mut env.db, &[1, 2, 3], "synced");
+    assert_eq!(env.mock.objects("contacts").len(), 3);
+}
+
+/// A change committed with two-phase commit does not wake the worker (no backend
+/// with a commit callback commits it), so only the naptime brings it: this shows
+/// which naptime the worker uses.
+#[test]
+fn sighup_reloads_naptime() {
+    let mut env = Env::start("etlify.naptime = '1h'\nmax_prepared_transactions = 4", "");
+    map_users(&mut env.db, "");
+    insert_users(&mut env.db, [1]);
+    wait_users_state(&mut env.db, &[1], "synced"); // the worker is up and idle
+
+    let prepared_insert = |db: &mut postgres::Client, id: i64, gid: &str| {
+        db.batch_execute("BEGIN").unwrap();
+        insert_users(db, [id]);
+        db.batch_execute(&format!("PREPARE TRANSACTION '{gid}'"))
+            .unwrap();
+        db.batch_execute(&format!("COMMIT PREPARED '{gid}'"))
+            .unwrap();
+    };
+
+    prepared_insert(&mut env.db, 2, "tx2");
+    std::thread::sleep(Duration::from_millis(1500));
+    let woke_anyway = env.mock.find("contacts", "email", &email(2)).is_some();
+    if woke_anyway {
+        eprintln!("note: a 2PC commit woke the worker; naptime reload is only partly shown");
+    }
+
+    env.cluster.append_conf("etlify.naptime = '200ms'");
+    env.cluster.reload();
+    // the reload itself wakes the worker, which then finds user 2
+    wait_users_state(&mut env.db, &[2], "synced");
+
+    prepared_insert(&mut env.db, 3, "tx3");
+    wait_for(
+        Duration::from_secs(5),
+        "user 3 within the new naptime",
+        || env.mock.find("contacts", "email", &email(3)),
+    );
+    assert!(
+        env.cluster.log().contains("received SIGHUP")
+            || env
+                .cluster
+                .log()
+                .contains("parameter \"etlify.naptime\" changed"),
+        "the server reloaded its configuration"
+    );
+}
