@@ -88,7 +88,7 @@ BEGIN
     END IF;
 
     RETURN format($f$
-CREATE FUNCTION %1$s() RETURNS trigger
+CREATE OR REPLACE FUNCTION %1$s() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $body$
@@ -132,6 +132,7 @@ AS $$
 DECLARE
     v_fn  text := format('etlify.%I', '_capture_' || p_mapping.id);
     v_trg text := 'etlify_capture_' || p_mapping.id;
+    v_suffix text;
 BEGIN
     EXECUTE etlify._capture_function_sql(p_mapping);
     -- one trigger per event: Postgres allows transition tables only on single-event triggers
@@ -143,6 +144,12 @@ BEGIN
                    v_trg || '_del', p_mapping.source, v_fn);
     EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s()',
                    v_trg || '_trunc', p_mapping.source, v_fn);
+    -- Not extension members (pg_dump must still dump them with the user's table),
+    -- but dropped with the extension so that no trigger outlives it.
+    EXECUTE format('ALTER FUNCTION %s() DEPENDS ON EXTENSION etlify', v_fn);
+    FOREACH v_suffix IN ARRAY ARRAY['_ins', '_upd', '_del', '_trunc'] LOOP
+        EXECUTE format('ALTER TRIGGER %I ON %s DEPENDS ON EXTENSION etlify', v_trg || v_suffix, p_mapping.source);
+    END LOOP;
 END
 $$;
 
@@ -338,3 +345,25 @@ BEGIN
     RETURN v_mapping;
 END
 $$;
+
+-- A dropped source table takes its mappings (and their state) with it, so that the
+-- worker never works on a table that is gone.
+CREATE FUNCTION etlify._on_sql_drop() RETURNS event_trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_mapping etlify.mappings;
+BEGIN
+    FOR v_mapping IN
+        SELECT m.* FROM etlify.mappings m
+          JOIN pg_event_trigger_dropped_objects() d ON d.objid = m.source::oid
+         WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0
+    LOOP
+        EXECUTE format('DROP FUNCTION IF EXISTS etlify.%I()', '_capture_' || v_mapping.id);
+        DELETE FROM etlify.mappings m WHERE m.id = v_mapping.id;
+    END LOOP;
+END
+$$;
+
+CREATE EVENT TRIGGER etlify_sql_drop ON sql_drop EXECUTE FUNCTION etlify._on_sql_drop();

@@ -55,15 +55,22 @@ fn drain(crm: default!(Option<&str>, "NULL"), max_records: default!(Option<i32>,
     JsonB(counts.to_json())
 }
 
-/// etlify.sync / etlify.delete after their SQL wrappers resolved the mapping.
+/// etlify.sync / etlify.delete after their SQL wrappers resolved the mapping: handed
+/// to the worker, which sees committed rows only.
 #[pg_extern(volatile, parallel_unsafe)]
 fn _sync_one(mapping_id: i32, key: &str, remove: bool) -> &'static str {
-    let intent = if remove {
-        Intent::Delete
+    let verdict = if crate::requests::worker_available(key) {
+        crate::requests::request(mapping_id, key, remove)
     } else {
-        Intent::Reconcile
+        // no worker (no preload, or etlify.enabled = off): inline, documented
+        let intent = if remove {
+            Intent::Delete
+        } else {
+            Intent::Reconcile
+        };
+        Engine::new(Host::Inline).one(mapping_id, key, intent)
     };
-    match Engine::new(Host::Inline).one(mapping_id, key, intent) {
+    match verdict {
         // the CRM could not take it now: the record stays pending, retried later
         Verdict::Retry | Verdict::Stale => "failed",
         Verdict::NotModified => "not_modified",

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 mod api;
 mod engine;
 mod gucs;
+mod requests;
 mod wake;
 mod worker;
 
@@ -29,8 +30,10 @@ pub extern "C-unwind" fn _PG_init() {
     // Shared memory and the worker exist only when preloaded; without the preload
     // the extension still records changes, and etlify.drain() does the worker's job.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        use requests::REQUESTS;
         use wake::WORKER_PROC;
         pgrx::pg_shmem_init!(WORKER_PROC);
+        pgrx::pg_shmem_init!(REQUESTS);
         wake::SHMEM_READY.store(true, Ordering::Relaxed);
         worker::register();
     }

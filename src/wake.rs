@@ -36,6 +36,13 @@ fn _wake() {
     });
 }
 
+/// True when the current transaction has enqueued changes: its uncommitted queue
+/// rows are locked until it ends, so the worker must not be asked to wait on them
+/// while this backend waits on the worker.
+pub fn transaction_enqueued() -> bool {
+    WAKE_REGISTERED.with(|w| w.get())
+}
+
 /// Sets the worker's latch, if a worker runs.
 pub fn wake_worker() {
     if !SHMEM_READY.load(Ordering::Relaxed) {

@@ -6,7 +6,7 @@
 //! round's claims and is logged; the next round starts after a nap.
 
 use crate::engine::{store, Engine, Host, WORKER_CLAIMER};
-use crate::{gucs, wake};
+use crate::{gucs, requests, wake};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
 use pgrx::PgTryBuilder;
@@ -75,6 +75,7 @@ pub extern "C-unwind" fn etlify_worker_main(_arg: pg_sys::Datum) {
     wake::register_worker();
     log!("{BACKEND_TYPE} started for database \"{database}\"");
 
+    requests::requeue_taken();
     let mut engine = Engine::new(Host::Worker);
     let mut recovered = false;
     while !stop_requested() {
@@ -92,6 +93,7 @@ pub extern "C-unwind" fn etlify_worker_main(_arg: pg_sys::Datum) {
                     }
                     recovered = true;
                 }
+                requests::serve(&mut engine);
                 engine.drain(None, None, &stop_requested);
             }))
             .catch_others(|e| {

@@ -140,6 +140,10 @@ impl Engine {
                 if budget == 0 || stop() {
                     break;
                 }
+                if host == Host::Worker {
+                    // etlify.sync() callers wait: serve them between batches
+                    crate::requests::serve(self);
+                }
                 if self.paused(&w.crm) {
                     continue;
                 }

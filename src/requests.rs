@@ -1,0 +1,241 @@
+//! etlify.sync() and etlify.delete() hand their key to the worker and wait on
+//! their latch: no HTTP in user backends, and Ctrl-C or statement_timeout still
+//! interrupt the wait.
+//!
+//! A small table of request slots lives in shared memory. A backend fills a free
+//! slot, wakes the worker and sleeps; the worker serves pending slots before each
+//! batch, writes the verdict and sets the requester's latch. A requester that
+//! gives up (cancel) marks its slot abandoned, and the worker frees it.
+
+use crate::engine::Engine;
+use crate::wake;
+use etlify_core::plan::{Intent, Verdict};
+use pgrx::prelude::*;
+use pgrx::{PGRXSharedMemory, PgLwLock};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+pub const SLOTS: usize = 32;
+/// Longest key (bytes) that fits a slot; longer keys are synced inline.
+pub const KEY_MAX: usize = 512;
+
+const FREE: u8 = 0;
+const PENDING: u8 = 1;
+const TAKEN: u8 = 2;
+const DONE: u8 = 3;
+const ABANDONED: u8 = 4;
+
+#[derive(Copy, Clone)]
+pub struct Slot {
+    state: u8,
+    remove: bool,
+    verdict: u8,
+    mapping_id: i32,
+    requester: i32,
+    ticket: u64,
+    key_len: u16,
+    key: [u8; KEY_MAX],
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            state: FREE,
+            remove: false,
+            verdict: 0,
+            mapping_id: 0,
+            requester: -1,
+            ticket: 0,
+            key_len: 0,
+            key: [0; KEY_MAX],
+        }
+    }
+}
+
+#[derive(Copy, Clone)]
+pub struct Requests {
+    next_ticket: u64,
+    slots: [Slot; SLOTS],
+}
+
+impl Default for Requests {
+    fn default() -> Self {
+        Requests {
+            next_ticket: 1,
+            slots: [Slot::default(); SLOTS],
+        }
+    }
+}
+
+// SAFETY: plain old data, no pointers.
+unsafe impl PGRXSharedMemory for Requests {}
+
+pub static REQUESTS: PgLwLock<Requests> = unsafe { PgLwLock::new(c"etlify_requests") };
+
+const VERDICTS: [Verdict; 9] = [
+    Verdict::Synced,
+    Verdict::NotModified,
+    Verdict::Skipped,
+    Verdict::Deleted,
+    Verdict::Noop,
+    Verdict::Disabled,
+    Verdict::Failed,
+    Verdict::Retry,
+    Verdict::Stale,
+];
+
+fn code(v: Verdict) -> u8 {
+    VERDICTS.iter().position(|x| *x == v).unwrap_or(6) as u8
+}
+
+/// True when a worker can take the request; else the caller syncs inline.
+pub fn worker_available(key: &str) -> bool {
+    wake::SHMEM_READY.load(Ordering::Relaxed)
+        && !wake::transaction_enqueued()
+        && wake::WORKER_PROC.get().load(Ordering::Acquire) > 0
+        && crate::gucs::enabled()
+        && key.len() <= KEY_MAX
+}
+
+/// Frees (or abandons) the slot when the wait ends, including by an ERROR
+/// (cancel, statement_timeout) unwinding through it.
+struct Held {
+    index: usize,
+    ticket: u64,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut r = REQUESTS.exclusive();
+        let s = &mut r.slots[self.index];
+        if s.ticket == self.ticket {
+            // nobody waits any more: the worker frees it once it is done with it
+            s.state = if matches!(s.state, PENDING | TAKEN) {
+                ABANDONED
+            } else {
+                FREE
+            };
+        }
+    }
+}
+
+/// Backend side: asks the worker and waits for its verdict.
+pub fn request(mapping_id: i32, key: &str, remove: bool) -> Verdict {
+    let held = loop {
+        if let Some(h) = try_fill(mapping_id, key, remove) {
+            break h;
+        }
+        // every slot busy: wait for one to free up
+        wait(Duration::from_millis(10));
+    };
+    wake::wake_worker();
+    loop {
+        {
+            let r = REQUESTS.share();
+            let s = &r.slots[held.index];
+            if s.ticket == held.ticket && s.state == DONE {
+                let v = VERDICTS
+                    .get(s.verdict as usize)
+                    .copied()
+                    .unwrap_or(Verdict::Failed);
+                drop(r);
+                drop(held);
+                return v;
+            }
+        }
+        wait(Duration::from_millis(100));
+    }
+}
+
+fn try_fill(mapping_id: i32, key: &str, remove: bool) -> Option<Held> {
+    let mut r = REQUESTS.exclusive();
+    let ticket = r.next_ticket;
+    let index = r.slots.iter().position(|s| s.state == FREE)?;
+    r.next_ticket += 1;
+    let s = &mut r.slots[index];
+    s.state = PENDING;
+    s.remove = remove;
+    s.mapping_id = mapping_id;
+    // SAFETY: MyProc is set in every backend.
+    s.requester = unsafe { (*pg_sys::MyProc).pgprocno };
+    s.ticket = ticket;
+    s.key_len = key.len() as u16;
+    s.key[..key.len()].copy_from_slice(key.as_bytes());
+    Some(Held { index, ticket })
+}
+
+fn wait(d: Duration) {
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            d.as_millis() as std::ffi::c_long,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    pgrx::check_for_interrupts!();
+}
+
+/// Worker side: serves every pending request. Called before each batch.
+pub fn serve(engine: &mut Engine) {
+    loop {
+        let taken = {
+            let mut r = REQUESTS.exclusive();
+            let mut found = None;
+            for (i, s) in r.slots.iter_mut().enumerate() {
+                if s.state == ABANDONED {
+                    // abandoned before the worker took it (the one in hand is not
+                    // scanned while it is served): nothing to do
+                    s.state = FREE;
+                } else if s.state == PENDING && found.is_none() {
+                    s.state = TAKEN;
+                    let key = String::from_utf8_lossy(&s.key[..s.key_len as usize]).into_owned();
+                    found = Some((i, s.ticket, s.mapping_id, key, s.remove));
+                }
+            }
+            found
+        };
+        let Some((index, ticket, mapping_id, key, remove)) = taken else {
+            return;
+        };
+        let intent = if remove {
+            Intent::Delete
+        } else {
+            Intent::Reconcile
+        };
+        let verdict = engine.one(mapping_id, &key, intent);
+        let requester = {
+            let mut r = REQUESTS.exclusive();
+            let s = &mut r.slots[index];
+            if s.ticket != ticket {
+                None
+            } else if s.state == ABANDONED {
+                s.state = FREE;
+                None
+            } else {
+                s.state = DONE;
+                s.verdict = code(verdict);
+                Some(s.requester)
+            }
+        };
+        if let Some(p) = requester.filter(|p| *p >= 0) {
+            // SAFETY: a PGPROC slot lives as long as the cluster.
+            unsafe {
+                let proc = (*pg_sys::ProcGlobal).allProcs.add(p as usize);
+                pg_sys::SetLatch(&raw mut (*proc).procLatch);
+            }
+        }
+    }
+}
+
+/// Worker start: requests a previous worker took but never answered go back to
+/// pending.
+pub fn requeue_taken() {
+    let mut r = REQUESTS.exclusive();
+    for s in r.slots.iter_mut() {
+        if s.state == TAKEN {
+            s.state = PENDING;
+        }
+    }
+}
