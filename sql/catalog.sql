@@ -16,6 +16,7 @@ CREATE FUNCTION etlify.register_crm(
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
 DECLARE
     v_name   ALIAS FOR $1;
     v_config jsonb := coalesce($3, '{}');
@@ -183,6 +184,7 @@ CREATE FUNCTION etlify.sync_table(
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
 DECLARE
     v_crm      ALIAS FOR $1;
     v_source   ALIAS FOR $2;
@@ -314,6 +316,7 @@ CREATE FUNCTION etlify.unsync_table(crm text, source regclass) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
 DECLARE
     v_mapping etlify.mappings;
 BEGIN

@@ -263,6 +263,7 @@ CREATE FUNCTION etlify.enqueue(crm text, source regclass, key text) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
 DECLARE
     m etlify.mappings := etlify._mapping_for_key($1, $2, $3);
 BEGIN
@@ -280,6 +281,7 @@ CREATE FUNCTION etlify.reset_errors(crm text, source regclass DEFAULT NULL, key 
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
 DECLARE
     v_count bigint;
 BEGIN
@@ -327,6 +329,7 @@ CREATE FUNCTION etlify.sync_stale(crm text DEFAULT NULL, sources regclass[] DEFA
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
 DECLARE
     m        etlify.mappings;
     v_n      bigint;
@@ -416,6 +419,7 @@ CREATE FUNCTION etlify.sync(crm text, source regclass, key text) RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
 BEGIN
     RETURN etlify._sync_one((etlify._mapping_for_key($1, $2, $3)).id, $3, false);
 END
@@ -425,6 +429,7 @@ CREATE FUNCTION etlify.delete(crm text, source regclass, key text) RETURNS text
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+#variable_conflict use_column
 BEGIN
     RETURN etlify._sync_one((etlify._mapping_for_key($1, $2, $3)).id, $3, true);
 END
