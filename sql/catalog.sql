@@ -278,14 +278,17 @@ BEGIN
         RAISE EXCEPTION 'etlify.sync_table: dependencies and sync_dependencies are not supported yet (source %)', v_source;
     END IF;
 
-    -- One statement loads and serializes a batch of keys. sync_if and the serializer
-    -- see only the row (the lateral subquery), as the mapping's owner (set by _claim).
+    -- One statement loads and serializes a batch of keys, as the mapping's owner
+    -- (set by _claim). The serializer sits in the outer target list so that it runs
+    -- once per joined row only: inside a lateral subquery the planner may flatten it
+    -- into a scan that serializes the whole table before the join.
     v_pred := coalesce('(' || v_sync_if || ')', 'true');
     v_fetch := format(
-        'SELECT k.key, r.present IS NOT NULL AS present, coalesce(r.included, false) AS included, r.payload '
-        'FROM unnest($1::text[]) AS k(key) LEFT JOIN LATERAL ('
-        'SELECT true AS present, %1$s AS included, CASE WHEN %1$s THEN %2$s(t) END AS payload '
-        'FROM %3$s t WHERE t.%4$I = k.key::%5$s) r ON true',
+        'SELECT k._etlify_key AS key, t.%4$I IS NOT NULL AS present, '
+        't.%4$I IS NOT NULL AND coalesce(%1$s, false) AS included, '
+        'CASE WHEN t.%4$I IS NOT NULL AND %1$s THEN %2$s(t) END AS payload '
+        'FROM unnest($1::text[]) AS k(_etlify_key) '
+        'LEFT JOIN %3$s t ON t.%4$I = k._etlify_key::%5$s',
         v_pred, v_ser::text, v_source, v_key_col, v_key_type);
     -- the generated statement must plan (catches a sync_if that only fails in context)
     BEGIN
