@@ -59,6 +59,7 @@ CREATE TABLE etlify.queue (
     mapping_id  int NOT NULL REFERENCES etlify.mappings (id) ON DELETE CASCADE,
     key         text NOT NULL,
     change_seq  bigint NOT NULL,
+    -- when the record became dirty (kept across further changes: oldest_pending_at)
     enqueued_at timestamptz NOT NULL DEFAULT now(),
     -- earliest next attempt; 'infinity' while parked
     not_before  timestamptz NOT NULL DEFAULT '-infinity',
@@ -67,6 +68,8 @@ CREATE TABLE etlify.queue (
     claimed_at  timestamptz,
     PRIMARY KEY (mapping_id, key)
 );
+-- The claim's order. change_seq and claimed_by stay out of indexes so that the
+-- writers' and the worker's updates of a queue row can be HOT.
 CREATE INDEX queue_ready ON etlify.queue (mapping_id, not_before);
 
 -- Sync state per (mapping, key): what the CRM holds for it.

@@ -68,7 +68,7 @@ DECLARE
     v_changed  text;
     v_enqueue  text := format(
         'INSERT INTO etlify.queue AS q (mapping_id, key, change_seq) SELECT %s, k, (SELECT pg_catalog.nextval(''etlify.change_seq'')) FROM (%%s) AS c(k) '
-        'ON CONFLICT (mapping_id, key) DO UPDATE SET change_seq = EXCLUDED.change_seq, enqueued_at = EXCLUDED.enqueued_at',
+        'ON CONFLICT (mapping_id, key) DO UPDATE SET change_seq = EXCLUDED.change_seq',
         p_mapping.id);
 BEGIN
     IF p_mapping.watch IS NULL THEN

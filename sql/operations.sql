@@ -35,7 +35,8 @@ BEGIN
         WITH c AS (
             SELECT q.key FROM etlify.queue q
              WHERE q.mapping_id = p_mapping AND q.not_before <= now() AND q.claimed_by IS NULL
-             ORDER BY q.not_before, q.change_seq
+             -- index order (queue_ready): no sort over the whole backlog per claim
+             ORDER BY q.not_before
              LIMIT p_limit
                FOR UPDATE SKIP LOCKED
         ), u AS (
