@@ -1,7 +1,8 @@
 //! HubSpot-shaped error bodies. Clients branch on `category` (and on `errorType`/`policyName`
 //! for 429s), so these mirror the documented shapes exactly.
 
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
@@ -37,19 +38,33 @@ pub fn correlation_id() -> String {
     )
 }
 
-fn body(v: Value) -> Vec<u8> {
-    serde_json::to_vec(&v).expect("serializing a json! value cannot fail")
+/// Field order as HubSpot sends it (a struct, since `json!` would sort the keys).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ErrorBody<'a> {
+    status: &'static str,
+    message: &'a str,
+    correlation_id: String,
+    category: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context: Option<Value>,
+}
+
+fn body(message: &str, category: &str, context: Option<Value>) -> Vec<u8> {
+    serde_json::to_vec(&ErrorBody {
+        status: "error",
+        message,
+        correlation_id: correlation_id(),
+        category,
+        context,
+    })
+    .expect("in-memory write")
 }
 
 pub fn error(status: u16, category: &str, message: impl Into<String>) -> ApiError {
     ApiError {
         status,
-        body: body(json!({
-            "status": "error",
-            "message": message.into(),
-            "correlationId": correlation_id(),
-            "category": category,
-        })),
+        body: body(&message.into(), category, None),
     }
 }
 
@@ -61,13 +76,7 @@ pub fn error_with_context(
 ) -> ApiError {
     ApiError {
         status,
-        body: body(json!({
-            "status": "error",
-            "message": message.into(),
-            "correlationId": correlation_id(),
-            "category": category,
-            "context": context,
-        })),
+        body: body(&message.into(), category, Some(context)),
     }
 }
 
@@ -85,15 +94,25 @@ pub fn unauthorized() -> ApiError {
 
 /// The documented 429 body; note it has `errorType`/`policyName` and no `category`.
 pub fn rate_limited() -> ApiError {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct RateLimitBody {
+        status: &'static str,
+        message: &'static str,
+        error_type: &'static str,
+        correlation_id: String,
+        policy_name: &'static str,
+    }
     ApiError {
         status: 429,
-        body: body(json!({
-            "status": "error",
-            "message": "You have reached your ten_secondly_rolling limit.",
-            "errorType": "RATE_LIMIT",
-            "correlationId": correlation_id(),
-            "policyName": "TEN_SECONDLY_ROLLING",
-        })),
+        body: serde_json::to_vec(&RateLimitBody {
+            status: "error",
+            message: "You have reached your ten_secondly_rolling limit.",
+            error_type: "RATE_LIMIT",
+            correlation_id: correlation_id(),
+            policy_name: "TEN_SECONDLY_ROLLING",
+        })
+        .expect("in-memory write"),
     }
 }
 

@@ -1,18 +1,17 @@
-//! The HubSpot CRM v3 objects API: routing and the single-object and batch handlers.
-//! Handlers are synchronous: they parse and validate outside the store lock, then take it
+//! The HubSpot CRM v3 objects API: routing, request-body parsing and the single-object calls
+//! (batch calls are in `batch.rs`, search in `search.rs`). Handlers are synchronous: they parse and validate outside the store lock, then take it
 //! once per request for the lookups, writes and response rendering.
 
-use crate::clock::{now_ms, Iso};
+use crate::clock::now_ms;
 use crate::errors::{self, ApiError};
 use crate::query::{percent_decode, Query};
 use crate::render::ObjView;
-use crate::state::{is_system_prop, unique_key, Changes, Conflict, Store, TypeStore};
+use crate::state::{is_system_prop, Changes, Conflict, Store, TypeStore};
 use axum::http::Method;
 use serde::de::DeserializeOwned;
-use serde::ser::{Serialize, Serializer};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 /// HubSpot's documented cap on batch inputs.
@@ -98,7 +97,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn ok(status: u16, body: Vec<u8>, inputs: usize) -> Self {
+    pub(crate) fn ok(status: u16, body: Vec<u8>, inputs: usize) -> Self {
         Reply {
             status,
             body,
@@ -106,7 +105,7 @@ impl Reply {
         }
     }
 
-    fn err(e: ApiError, inputs: usize) -> Self {
+    pub(crate) fn err(e: ApiError, inputs: usize) -> Self {
         Reply {
             status: e.status,
             body: e.body,
@@ -125,14 +124,14 @@ pub struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// Scripted per-input failure for this id value, if any (email matches case-insensitively).
-    fn scripted_failure(&self, key: &str) -> Option<String> {
+    pub(crate) fn scripted_failure(&self, key: &str) -> Option<String> {
         let ids = self.fail_ids?;
         ids.get(key)
             .or_else(|| ids.get(&key.to_ascii_lowercase()))
             .cloned()
     }
 
-    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+    pub(crate) fn store(&self) -> std::sync::MutexGuard<'_, Store> {
         crate::lock(self.store)
     }
 }
@@ -148,7 +147,7 @@ pub fn handle(ctx: &Ctx, op: Op, body: &[u8]) -> Reply {
             Ok(b) => Reply::ok(200, b, 0),
             Err(e) => Reply::err(e, 0),
         },
-        Op::Batch(op) => batch(ctx, op, body),
+        Op::Batch(op) => crate::batch::batch(ctx, op, body),
     }
 }
 
@@ -156,27 +155,27 @@ pub fn handle(ctx: &Ctx, op: Op, body: &[u8]) -> Reply {
 // Request bodies
 
 #[derive(Deserialize)]
-struct Input {
+pub(crate) struct Input {
     #[serde(default)]
-    id: Option<Value>,
+    pub(crate) id: Option<Value>,
     #[serde(default, rename = "idProperty")]
-    id_property: Option<String>,
+    pub(crate) id_property: Option<String>,
     #[serde(default)]
-    properties: Option<Map<String, Value>>,
+    pub(crate) properties: Option<Map<String, Value>>,
     #[serde(default, rename = "objectWriteTraceId")]
-    trace: Option<String>,
+    pub(crate) trace: Option<String>,
 }
 
 #[derive(Deserialize)]
-struct BatchBody {
-    inputs: Vec<Input>,
+pub(crate) struct BatchBody {
+    pub(crate) inputs: Vec<Input>,
     #[serde(default, rename = "idProperty")]
-    id_property: Option<String>,
+    pub(crate) id_property: Option<String>,
     /// Batch read: which properties to return.
     #[serde(default)]
-    properties: Option<Vec<String>>,
+    pub(crate) properties: Option<Vec<String>>,
     #[serde(default)]
-    archived: bool,
+    pub(crate) archived: bool,
 }
 
 /// Counts `inputs` without keeping them (request log of rejected requests).
@@ -190,12 +189,12 @@ pub fn count_inputs(body: &[u8]) -> u32 {
         .unwrap_or(0)
 }
 
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| errors::invalid_json(&e))
 }
 
 /// An id as sent: HubSpot accepts strings; numbers are tolerated.
-fn id_string(v: &Option<Value>) -> Option<String> {
+pub(crate) fn id_string(v: &Option<Value>) -> Option<String> {
     match v {
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
@@ -204,7 +203,7 @@ fn id_string(v: &Option<Value>) -> Option<String> {
 }
 
 /// Normalizes a stored value: emails are case-insensitive, so they are kept lowercased.
-fn normalize(prop: &str, v: String) -> String {
+pub(crate) fn normalize(prop: &str, v: String) -> String {
     if prop == "email" {
         v.to_ascii_lowercase()
     } else {
@@ -214,7 +213,7 @@ fn normalize(prop: &str, v: String) -> String {
 
 /// Input properties to writes. Values are stored as strings; `null` and `""` clear. System
 /// properties are read-only and silently ignored, as HubSpot does.
-fn to_changes(props: Option<Map<String, Value>>) -> Result<Changes, String> {
+pub(crate) fn to_changes(props: Option<Map<String, Value>>) -> Result<Changes, String> {
     let props = props.unwrap_or_default();
     let mut out = Vec::with_capacity(props.len());
     for (k, v) in props {
@@ -238,7 +237,7 @@ fn to_changes(props: Option<Map<String, Value>>) -> Result<Changes, String> {
     Ok(out)
 }
 
-fn email_of(changes: &Changes) -> Option<&str> {
+pub(crate) fn email_of(changes: &Changes) -> Option<&str> {
     changes
         .iter()
         .find(|(k, _)| k == "email")
@@ -246,7 +245,7 @@ fn email_of(changes: &Changes) -> Option<&str> {
 }
 
 /// "Contact", "Company", ... as HubSpot words its conflict messages.
-fn singular(object_type: &str) -> String {
+pub(crate) fn singular(object_type: &str) -> String {
     match object_type {
         "contacts" => "Contact".into(),
         "companies" => "Company".into(),
@@ -256,7 +255,7 @@ fn singular(object_type: &str) -> String {
     }
 }
 
-fn conflict_message(object_type: &str, c: &Conflict) -> String {
+pub(crate) fn conflict_message(object_type: &str, c: &Conflict) -> String {
     format!(
         "{} already exists. Existing ID: {}",
         singular(object_type),
@@ -430,506 +429,15 @@ fn single_archive(ctx: &Ctx, id: &str) -> Reply {
     Reply::ok(204, Vec::new(), 1)
 }
 
-// ---------------------------------------------------------------------------------------
-// Batch calls
-
-/// One successful input.
-struct Done {
-    id: u64,
-    new: Option<bool>,
-    trace: Option<String>,
-}
-
-#[derive(serde::Serialize)]
-struct ErrContext {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ids: Option<Vec<String>>,
-    #[serde(rename = "objectWriteTraceId", skip_serializing_if = "Option::is_none")]
-    trace: Option<Vec<String>>,
-}
-
-/// One failed input, as an entry of the batch response's `errors`.
-#[derive(serde::Serialize)]
-struct ErrEntry {
-    status: &'static str,
-    category: &'static str,
-    message: String,
-    context: ErrContext,
-}
-
-fn input_error(
-    category: &'static str,
-    message: String,
-    id: Option<&str>,
-    trace: Option<&str>,
-) -> ErrEntry {
-    ErrEntry {
-        status: "error",
-        category,
-        message,
-        context: ErrContext {
-            ids: id.map(|i| vec![i.to_owned()]),
-            trace: trace.map(|t| vec![t.to_owned()]),
-        },
-    }
-}
-
-struct Results<'a> {
-    ts: &'a TypeStore,
-    done: &'a [Done],
-    props: Option<&'a [String]>,
-}
-
-impl Serialize for Results<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.done.iter().filter_map(|d| {
-            self.ts.get(d.id).map(|obj| ObjView {
-                obj,
-                props: self.props,
-                new: d.new,
-                trace: d.trace.as_deref(),
-            })
-        }))
-    }
-}
-
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct BatchResponse<'a> {
-    status: &'static str,
-    results: Results<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    num_errors: Option<usize>,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    errors: &'a [ErrEntry],
-    started_at: String,
-    completed_at: String,
-}
-
-/// 200/201 when every input succeeded, else 207 (even if none did) with per-input errors.
-fn batch_reply(
-    ts: &TypeStore,
-    done: &[Done],
-    errors: &[ErrEntry],
-    props: Option<&[String]>,
-    started_ms: i64,
-    ok_status: u16,
-    inputs: usize,
-) -> Reply {
-    let resp = BatchResponse {
-        status: "COMPLETE",
-        results: Results { ts, done, props },
-        num_errors: (!errors.is_empty()).then_some(errors.len()),
-        errors,
-        started_at: Iso(started_ms).to_string(),
-        completed_at: Iso(now_ms()).to_string(),
-    };
-    let mut out = Vec::with_capacity(512 * done.len() + 256);
-    serde_json::to_writer(&mut out, &resp).expect("in-memory write");
-    let status = if errors.is_empty() { ok_status } else { 207 };
-    Reply::ok(status, out, inputs)
-}
-
-fn duplicate_ids(dup: &str) -> ApiError {
-    errors::validation(format!(
-        "Duplicate IDs found in batch input: [{dup}]. IDs must be unique"
-    ))
-}
-
-/// First id value sent twice in one batch (compared the way lookups compare them).
-fn first_duplicate<'a>(keys: impl Iterator<Item = (Option<&'a str>, &'a str)>) -> Option<&'a str> {
-    let mut seen = HashSet::new();
-    for (prop, v) in keys {
-        let key = (
-            prop.unwrap_or("hs_object_id"),
-            unique_key(prop.unwrap_or(""), v),
-        );
-        if !seen.insert(key) {
-            return Some(v);
-        }
-    }
-    None
-}
-
-fn batch(ctx: &Ctx, op: BatchOp, body: &[u8]) -> Reply {
-    let b: BatchBody = match parse(body) {
-        Ok(b) => b,
-        Err(e) => return Reply::err(e, count_inputs(body) as usize),
-    };
-    let n = b.inputs.len();
-    if n > MAX_BATCH_INPUTS {
-        return Reply::err(
-            errors::validation(
-                "The maximum number of inputs supported in a batch is 100. Please reduce the number of items and try again",
-            ),
-            n,
-        );
-    }
-    let started = now_ms();
-    match op {
-        BatchOp::Create => batch_create(ctx, b, started),
-        BatchOp::Read => batch_read(ctx, b, started),
-        BatchOp::Update => batch_update(ctx, b, started),
-        BatchOp::Upsert => batch_upsert(ctx, b, started),
-        BatchOp::Archive => batch_archive(ctx, b, started),
-    }
-}
-
-/// Creates are all-or-nothing on conflicts (HubSpot fails the batch naming the first one);
-/// scripted failures (`fail_ids` on email) and invalid values fail per input.
-fn batch_create(ctx: &Ctx, b: BatchBody, started: i64) -> Reply {
-    let n = b.inputs.len();
-    let t = ctx.object_type;
-    let mut errors = Vec::new();
-    let mut todo = Vec::with_capacity(n);
-    for input in b.inputs {
-        let trace = input.trace;
-        match to_changes(input.properties) {
-            Err(msg) => errors.push(input_error("VALIDATION_ERROR", msg, None, trace.as_deref())),
-            Ok(changes) => {
-                let failure = (t == "contacts")
-                    .then(|| {
-                        email_of(&changes)
-                            .and_then(|e| ctx.scripted_failure(e).map(|m| (e.to_owned(), m)))
-                    })
-                    .flatten();
-                match failure {
-                    Some((email, msg)) => errors.push(input_error(
-                        "VALIDATION_ERROR",
-                        msg,
-                        Some(&email),
-                        trace.as_deref(),
-                    )),
-                    None => todo.push((changes, trace)),
-                }
-            }
-        }
-    }
-    let mut store = ctx.store();
-    {
-        let ts = store.type_mut(t);
-        let mut in_batch = HashSet::new();
-        for (changes, _) in &todo {
-            if let Some(c) = ts.conflict(None, changes) {
-                return Reply::err(errors::error(409, "CONFLICT", conflict_message(t, &c)), n);
-            }
-            for (k, v) in changes {
-                if let (true, Some(v)) = (ts.is_unique(k), v) {
-                    if !in_batch.insert((k.as_str(), unique_key(k, v))) {
-                        return Reply::err(
-                            errors::validation(format!(
-                                "Duplicate value {v} for unique property {k} in batch input"
-                            )),
-                            n,
-                        );
-                    }
-                }
-            }
-        }
-    }
-    let now = now_ms();
-    let done: Vec<Done> = todo
-        .into_iter()
-        .map(|(changes, trace)| Done {
-            id: store.create(t, changes, now),
-            new: None,
-            trace,
-        })
-        .collect();
-    batch_reply(store.type_mut(t), &done, &errors, None, started, 201, n)
-}
-
-fn batch_read(ctx: &Ctx, b: BatchBody, started: i64) -> Reply {
-    let n = b.inputs.len();
-    let id_prop = b.id_property.as_deref().or(ctx.query.get("idProperty"));
-    let ids: Vec<Option<String>> = b.inputs.iter().map(|i| id_string(&i.id)).collect();
-    if let Some(d) = first_duplicate(ids.iter().flatten().map(|v| (id_prop, v.as_str()))) {
-        return Reply::err(duplicate_ids(d), n);
-    }
-    let props = b.properties.filter(|p| !p.is_empty());
-    let mut errors = Vec::new();
-    let mut done = Vec::with_capacity(n);
-    let mut store = ctx.store();
-    let ts = store.type_mut(ctx.object_type);
-    if let Some(p) = id_prop {
-        ts.ensure_unique(p);
-    }
-    for id in &ids {
-        let Some(id) = id else {
-            errors.push(input_error(
-                "VALIDATION_ERROR",
-                "Input is missing its id".into(),
-                None,
-                None,
-            ));
-            continue;
-        };
-        if let Some(msg) = ctx.scripted_failure(id) {
-            errors.push(input_error("VALIDATION_ERROR", msg, Some(id), None));
-            continue;
-        }
-        let found = if b.archived {
-            ts.find_archived(id)
-        } else {
-            ts.find(id_prop, id)
-        };
-        match found {
-            Some(oid) => done.push(Done {
-                id: oid,
-                new: None,
-                trace: None,
-            }),
-            None => errors.push(input_error(
-                "OBJECT_NOT_FOUND",
-                format!(
-                    "Could not get some {} objects, they may be deleted or not exist. Check that ids are valid.",
-                    ctx.object_type.to_ascii_uppercase()
-                ),
-                Some(id),
-                None,
-            )),
-        }
-    }
-    batch_reply(ts, &done, &errors, props.as_deref(), started, 200, n)
-}
-
-fn batch_update(ctx: &Ctx, b: BatchBody, started: i64) -> Reply {
-    let n = b.inputs.len();
-    let default_prop = b
-        .id_property
-        .clone()
-        .or(ctx.query.get("idProperty").map(str::to_owned));
-    struct Prepared {
-        id: Option<String>,
-        id_prop: Option<String>,
-        changes: Result<Changes, String>,
-        trace: Option<String>,
-    }
-    let prepared: Vec<Prepared> = b
-        .inputs
-        .into_iter()
-        .map(|i| Prepared {
-            id: id_string(&i.id),
-            id_prop: i.id_property.or_else(|| default_prop.clone()),
-            changes: to_changes(i.properties),
-            trace: i.trace,
-        })
-        .collect();
-    if let Some(d) = first_duplicate(
-        prepared
-            .iter()
-            .filter_map(|p| p.id.as_deref().map(|id| (p.id_prop.as_deref(), id))),
-    ) {
-        return Reply::err(duplicate_ids(d), n);
-    }
-    let mut errors = Vec::new();
-    let mut done = Vec::with_capacity(n);
-    let mut store = ctx.store();
-    let ts = store.type_mut(ctx.object_type);
-    let now = now_ms();
-    for p in prepared {
-        let trace = p.trace.as_deref();
-        let Some(id) = p.id.as_deref() else {
-            errors.push(input_error(
-                "VALIDATION_ERROR",
-                "Input is missing its id".into(),
-                None,
-                trace,
-            ));
-            continue;
-        };
-        if let Some(msg) = ctx.scripted_failure(id) {
-            errors.push(input_error("VALIDATION_ERROR", msg, Some(id), trace));
-            continue;
-        }
-        let changes = match p.changes {
-            Ok(c) => c,
-            Err(msg) => {
-                errors.push(input_error("VALIDATION_ERROR", msg, Some(id), trace));
-                continue;
-            }
-        };
-        if let Some(prop) = p.id_prop.as_deref() {
-            ts.ensure_unique(prop);
-        }
-        let Some(oid) = ts.find(p.id_prop.as_deref(), id) else {
-            errors.push(input_error(
-                "OBJECT_NOT_FOUND",
-                "Object not found.  objectId are usually numeric.".into(),
-                Some(id),
-                trace,
-            ));
-            continue;
-        };
-        if let Some(c) = ts.conflict(Some(oid), &changes) {
-            errors.push(input_error(
-                "CONFLICT",
-                conflict_message(ctx.object_type, &c),
-                Some(id),
-                trace,
-            ));
-            continue;
-        }
-        ts.update(oid, changes, now);
-        done.push(Done {
-            id: oid,
-            new: None,
-            trace: p.trace,
-        });
-    }
-    batch_reply(ts, &done, &errors, None, started, 200, n)
-}
-
-/// Upsert by a unique property: update the object holding `id` in `idProperty`, or create
-/// one with it. Every result says whether it was `new`.
-fn batch_upsert(ctx: &Ctx, b: BatchBody, started: i64) -> Reply {
-    let n = b.inputs.len();
-    let t = ctx.object_type;
-    let default_prop = b
-        .id_property
-        .clone()
-        .or(ctx.query.get("idProperty").map(str::to_owned));
-    struct Prepared {
-        id: Option<String>,
-        id_prop: Option<String>,
-        changes: Result<Changes, String>,
-        trace: Option<String>,
-    }
-    let prepared: Vec<Prepared> = b
-        .inputs
-        .into_iter()
-        .map(|i| Prepared {
-            id: id_string(&i.id),
-            id_prop: i
-                .id_property
-                .filter(|p| !p.is_empty())
-                .or_else(|| default_prop.clone()),
-            changes: to_changes(i.properties),
-            trace: i.trace,
-        })
-        .collect();
-    if let Some(d) = first_duplicate(
-        prepared
-            .iter()
-            .filter_map(|p| p.id.as_deref().map(|id| (p.id_prop.as_deref(), id))),
-    ) {
-        return Reply::err(duplicate_ids(d), n);
-    }
-    let mut errors = Vec::new();
-    let mut done = Vec::with_capacity(n);
-    let mut store = ctx.store();
-    let now = now_ms();
-    for p in prepared {
-        let trace = p.trace.as_deref();
-        let Some(id) = p.id.as_deref() else {
-            let msg = format!(
-                "Missing value for idProperty {}",
-                p.id_prop.as_deref().unwrap_or("hs_object_id")
-            );
-            errors.push(input_error("VALIDATION_ERROR", msg, None, trace));
-            continue;
-        };
-        if let Some(msg) = ctx.scripted_failure(id) {
-            errors.push(input_error("VALIDATION_ERROR", msg, Some(id), trace));
-            continue;
-        }
-        let mut changes = match p.changes {
-            Ok(c) => c,
-            Err(msg) => {
-                errors.push(input_error("VALIDATION_ERROR", msg, Some(id), trace));
-                continue;
-            }
-        };
-        let id_prop = p.id_prop.as_deref().filter(|p| *p != "hs_object_id");
-        let ts = store.type_mut(t);
-        if let Some(prop) = id_prop {
-            ts.ensure_unique(prop);
-            // The object ends up holding exactly the id it was upserted by.
-            changes.retain(|(k, _)| k != prop);
-            changes.push((prop.to_owned(), Some(normalize(prop, id.to_owned()))));
-        }
-        let existing = ts.find(id_prop, id);
-        if let Some(c) = ts.conflict(existing, &changes) {
-            errors.push(input_error(
-                "CONFLICT",
-                conflict_message(t, &c),
-                Some(id),
-                trace,
-            ));
-            continue;
-        }
-        match (existing, id_prop) {
-            (Some(oid), _) => {
-                ts.update(oid, changes, now);
-                done.push(Done {
-                    id: oid,
-                    new: Some(false),
-                    trace: p.trace,
-                });
-            }
-            (None, Some(_)) => done.push(Done {
-                id: store.create(t, changes, now),
-                new: Some(true),
-                trace: p.trace,
-            }),
-            // Upsert by record id can only update: there is no id to create with.
-            (None, None) => errors.push(input_error(
-                "OBJECT_NOT_FOUND",
-                "Object not found.  objectId are usually numeric.".into(),
-                Some(id),
-                trace,
-            )),
-        }
-    }
-    batch_reply(store.type_mut(t), &done, &errors, None, started, 200, n)
-}
-
-/// 204 No Content (unknown ids are ignored, as HubSpot does); 207 only for scripted failures.
-fn batch_archive(ctx: &Ctx, b: BatchBody, started: i64) -> Reply {
-    let n = b.inputs.len();
-    let id_prop = b.id_property.as_deref().or(ctx.query.get("idProperty"));
-    let ids: Vec<Option<String>> = b.inputs.iter().map(|i| id_string(&i.id)).collect();
-    if let Some(d) = first_duplicate(ids.iter().flatten().map(|v| (id_prop, v.as_str()))) {
-        return Reply::err(duplicate_ids(d), n);
-    }
-    let mut errors = Vec::new();
-    let mut store = ctx.store();
-    let ts = store.type_mut(ctx.object_type);
-    if let Some(p) = id_prop {
-        ts.ensure_unique(p);
-    }
-    let now = now_ms();
-    for id in &ids {
-        let Some(id) = id else {
-            errors.push(input_error(
-                "VALIDATION_ERROR",
-                "Input is missing its id".into(),
-                None,
-                None,
-            ));
-            continue;
-        };
-        if let Some(msg) = ctx.scripted_failure(id) {
-            errors.push(input_error("VALIDATION_ERROR", msg, Some(id), None));
-            continue;
-        }
-        if let Some(oid) = ts.find(id_prop, id) {
-            ts.archive(oid, now);
-        }
-    }
-    if errors.is_empty() {
-        return Reply::ok(204, Vec::new(), n);
-    }
-    batch_reply(ts, &[], &errors, None, started, 200, n)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn routes() {
-        let r = |m: Method, p: &str| route(&m, p);
+        fn r(m: Method, p: &str) -> Result<(&str, Op), RouteError> {
+            route(&m, p)
+        }
         assert_eq!(
             r(Method::POST, "/crm/v3/objects/contacts"),
             Ok(("contacts", Op::Create))

@@ -4,6 +4,7 @@
 //! Run it as the `etlify-mock` binary, or in-process with [`MockServer::start`].
 
 pub mod admin;
+mod batch;
 mod clock;
 mod control;
 pub mod errors;

@@ -20,6 +20,11 @@ use std::sync::Arc;
 const MAX_BODY: usize = 64 * 1024 * 1024;
 
 pub async fn api(State(app): State<Arc<App>>, req: Request) -> Response {
+    // Unknown admin paths are not API requests: no log entry, no faults.
+    if req.uri().path().starts_with("/__mock") {
+        let e = errors::unknown_route(req.method().as_str(), req.uri().path());
+        return respond(404, e.body, None, None);
+    }
     // Handled in its own task so a client that gives up (e.g. times out during an injected
     // delay) does not cancel the write: like the real service, the request still completes
     // and shows in the log.

@@ -1,0 +1,671 @@
+//! End-to-end checks of the HubSpot emulation over real HTTP against an in-process server.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const UPSERT: &str = "/crm/v3/objects/contacts/batch/upsert";
+const UPDATE: &str = "/crm/v3/objects/contacts/batch/update";
+
+fn upsert_input(email: &str, props: Value) -> Value {
+    json!({"idProperty": "email", "id": email, "properties": props})
+}
+
+#[test]
+fn upsert_creates_then_updates() {
+    let (_s, c) = start_default();
+    let r = c.post(
+        UPSERT,
+        &json!({"inputs": [
+            upsert_input("Ann@X.io", json!({"firstname": "Ann", "age": 31, "vip": true})),
+            upsert_input("bob@x.io", json!({"firstname": "Bob"})),
+        ]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["status"], "COMPLETE");
+    assert!(v.get("errors").is_none() && v.get("numErrors").is_none());
+    assert!(v["startedAt"].as_str().unwrap().ends_with('Z'));
+    let res = v["results"].as_array().unwrap();
+    assert_eq!(res.len(), 2);
+    assert!(res
+        .iter()
+        .all(|o| o["new"] == true && o["archived"] == false));
+    let ann = &res[0];
+    assert_eq!(
+        ann["properties"]["email"], "ann@x.io",
+        "emails are stored lowercased"
+    );
+    assert_eq!(ann["properties"]["age"], "31", "numbers become strings");
+    assert_eq!(ann["properties"]["vip"], "true");
+    assert_eq!(ann["properties"]["hs_object_id"], ann["id"]);
+    assert!(ann["properties"]["createdate"].is_string());
+    assert!(ann["properties"]["lastmodifieddate"].is_string());
+    let ann_id: u64 = ann["id"].as_str().unwrap().parse().unwrap();
+    assert!(ann_id >= 1_000_001);
+
+    // Second upsert: matched case-insensitively, updates in place, "" and null clear.
+    let r = c.post(
+        &format!("{UPSERT}?idProperty=email"),
+        &json!({"inputs": [
+            {"id": "ANN@x.io", "properties": {"firstname": "Annie", "age": "", "vip": null}},
+        ]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let o = &r.json()["results"][0];
+    assert_eq!(o["new"], false);
+    assert_eq!(o["id"], ann["id"]);
+    assert_eq!(o["properties"]["firstname"], "Annie");
+    assert!(o["properties"].get("age").is_none() && o["properties"].get("vip").is_none());
+
+    let objs = c.objects("contacts");
+    assert_eq!(objs.len(), 2);
+    assert_eq!(objs[0]["id"], ann["id"], "sorted by id");
+    assert_eq!(objs[0]["properties"]["firstname"], "Annie");
+
+    // Single read by idProperty.
+    let r =
+        c.get("/crm/v3/objects/contacts/ann%40x.io?idProperty=email&properties=firstname,missing");
+    assert_eq!(r.status, 200);
+    let p = &r.json()["properties"];
+    assert_eq!(p["firstname"], "Annie");
+    assert!(p["missing"].is_null());
+    assert!(p.get("email").is_none(), "only requested properties");
+}
+
+#[test]
+fn partial_failures_answer_207_with_context_ids() {
+    let (_s, c) = start_default();
+    let r = c.post(
+        UPSERT,
+        &json!({"inputs": [upsert_input("a@x.io", json!({})), upsert_input("b@x.io", json!({}))]}),
+    );
+    let ids: Vec<String> = r.json()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap().to_owned())
+        .collect();
+
+    // Update: one ok, one unknown id, one email collision.
+    let r = c.post(
+        UPDATE,
+        &json!({"inputs": [
+            {"id": ids[0], "properties": {"firstname": "A"}},
+            {"id": "999", "properties": {"firstname": "nobody"}},
+            {"id": ids[1], "properties": {"email": "A@x.io"}},
+        ]}),
+    );
+    assert_eq!(r.status, 207, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["status"], "COMPLETE");
+    assert_eq!(v["numErrors"], 2);
+    assert_eq!(v["results"].as_array().unwrap().len(), 1);
+    assert_eq!(v["errors"][0]["status"], "error");
+    assert_eq!(v["errors"][0]["category"], "OBJECT_NOT_FOUND");
+    assert_eq!(v["errors"][0]["context"]["ids"], json!(["999"]));
+    assert_eq!(v["errors"][1]["category"], "CONFLICT");
+    assert_eq!(v["errors"][1]["context"]["ids"], json!([ids[1]]));
+
+    // Scripted per-input failures on upsert; ids echoed exactly as sent.
+    c.put(
+        "/__mock/faults",
+        &json!({"fail_ids": {"bad@x.io": "scripted nope"}}),
+    );
+    let r = c.post(
+        UPSERT,
+        &json!({"inputs": [
+            upsert_input("Bad@x.io", json!({})),
+            upsert_input("c@x.io", json!({"firstname": "C"})),
+            {"idProperty": "email", "properties": {"firstname": "no id"}},
+        ]}),
+    );
+    assert_eq!(r.status, 207, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["numErrors"], 2);
+    assert_eq!(v["results"][0]["properties"]["email"], "c@x.io");
+    assert_eq!(v["errors"][0]["category"], "VALIDATION_ERROR");
+    assert_eq!(v["errors"][0]["message"], "scripted nope");
+    assert_eq!(v["errors"][0]["context"]["ids"], json!(["Bad@x.io"]));
+    assert_eq!(v["errors"][1]["category"], "VALIDATION_ERROR");
+
+    // Every input failing is still a 207.
+    let r = c.post(
+        UPSERT,
+        &json!({"inputs": [upsert_input("bad@x.io", json!({}))]}),
+    );
+    assert_eq!(r.status, 207);
+    assert_eq!(r.json()["results"], json!([]));
+
+    // Upsert colliding with another object's unique email.
+    let r = c.post(
+        "/crm/v3/objects/contacts/batch/upsert",
+        &json!({"inputs": [{"idProperty": "hs_object_id", "id": ids[1], "properties": {"email": "c@x.io"}}]}),
+    );
+    assert_eq!(r.status, 207, "{}", r.body);
+    assert_eq!(r.json()["errors"][0]["category"], "CONFLICT");
+}
+
+#[test]
+fn batch_limits_and_duplicates() {
+    let (_s, c) = start_default();
+    let inputs: Vec<Value> = (0..101)
+        .map(|i| upsert_input(&format!("u{i}@x.io"), json!({})))
+        .collect();
+    let r = c.post(UPSERT, &json!({ "inputs": inputs }));
+    assert_eq!(r.status, 400);
+    let v = r.json();
+    assert_eq!(v["category"], "VALIDATION_ERROR");
+    assert_eq!(
+        v["message"],
+        "The maximum number of inputs supported in a batch is 100. Please reduce the number of items and try again"
+    );
+    assert!(c.objects("contacts").is_empty());
+
+    let r = c.post(UPSERT, &json!({ "inputs": inputs[..100] }));
+    assert_eq!(r.status, 200);
+    assert_eq!(c.objects("contacts").len(), 100);
+
+    let r = c.post(
+        UPSERT,
+        &json!({"inputs": [upsert_input("a@x.io", json!({})), upsert_input("A@x.io", json!({}))]}),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["category"], "VALIDATION_ERROR");
+
+    let r = c.post(
+        UPDATE,
+        &json!({"inputs": [{"id": "1", "properties": {}}, {"id": "1", "properties": {}}]}),
+    );
+    assert_eq!(r.status, 400);
+
+    let r = c.post(UPSERT, &json!({"inputs": "nope"}));
+    assert_eq!(r.status, 400);
+    let r = c.try_req("POST", UPSERT, Some("{not json")).unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["category"], "VALIDATION_ERROR");
+}
+
+#[test]
+fn create_conflicts_and_single_object_calls() {
+    let (_s, c) = start_default();
+    let r = c.post(
+        "/crm/v3/objects/contacts",
+        &json!({"properties": {"email": "a@x.io", "firstname": "A"}}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+
+    let r = c.post(
+        "/crm/v3/objects/contacts",
+        &json!({"properties": {"email": "A@X.IO"}}),
+    );
+    assert_eq!(r.status, 409);
+    let v = r.json();
+    assert_eq!(v["category"], "CONFLICT");
+    assert_eq!(
+        v["message"],
+        format!("Contact already exists. Existing ID: {id}")
+    );
+
+    // Batch create: a conflict fails the whole batch.
+    let r = c.post(
+        "/crm/v3/objects/contacts/batch/create",
+        &json!({"inputs": [{"properties": {"email": "new@x.io"}}, {"properties": {"email": "a@x.io"}}]}),
+    );
+    assert_eq!(r.status, 409);
+    assert_eq!(c.objects("contacts").len(), 1);
+    let r = c.post(
+        "/crm/v3/objects/contacts/batch/create",
+        &json!({"inputs": [{"properties": {"email": "new@x.io"}, "objectWriteTraceId": "t1"}]}),
+    );
+    assert_eq!(r.status, 201);
+    assert_eq!(r.json()["results"][0]["objectWriteTraceId"], "t1");
+
+    let r = c.req(
+        "PATCH",
+        &format!("/crm/v3/objects/contacts/{id}"),
+        Some(&json!({"properties": {"firstname": "B"}})),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["properties"]["firstname"], "B");
+    let r = c.req(
+        "PATCH",
+        "/crm/v3/objects/contacts/424242",
+        Some(&json!({"properties": {}})),
+    );
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["category"], "OBJECT_NOT_FOUND");
+    let r = c.get(&format!("/crm/v3/objects/contacts/{id}"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["properties"]["firstname"], "B");
+
+    // Other types: no implicit unique property, but an idProperty becomes one.
+    let r = c.post(
+        "/crm/v3/objects/companies/batch/upsert",
+        &json!({"inputs": [{"idProperty": "domain", "id": "x.io", "properties": {"name": "X"}}]}),
+    );
+    assert_eq!(r.status, 200);
+    let r = c.post(
+        "/crm/v3/objects/companies/batch/upsert",
+        &json!({"inputs": [{"idProperty": "domain", "id": "x.io", "properties": {"name": "X2"}}]}),
+    );
+    assert_eq!(r.json()["results"][0]["new"], false);
+    let r = c.post(
+        "/crm/v3/objects/companies",
+        &json!({"properties": {"domain": "x.io"}}),
+    );
+    assert_eq!(r.status, 409);
+    assert_eq!(c.objects("companies").len(), 1);
+}
+
+#[test]
+fn archive_is_204_and_idempotent() {
+    let (_s, c) = start_default();
+    let r = c.post(
+        UPSERT,
+        &json!({"inputs": [upsert_input("a@x.io", json!({})), upsert_input("b@x.io", json!({}))]}),
+    );
+    let ids: Vec<String> = r.json()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap().to_owned())
+        .collect();
+    let r = c.req(
+        "DELETE",
+        &format!("/crm/v3/objects/contacts/{}", ids[0]),
+        None,
+    );
+    assert_eq!(r.status, 204);
+    assert!(r.body.is_empty());
+    let r = c.req(
+        "DELETE",
+        &format!("/crm/v3/objects/contacts/{}", ids[0]),
+        None,
+    );
+    assert_eq!(r.status, 204, "already gone is still 204");
+    let r = c.post(
+        "/crm/v3/objects/contacts/batch/archive",
+        &json!({"inputs": [{"id": ids[1]}, {"id": "31337"}]}),
+    );
+    assert_eq!(r.status, 204);
+    assert!(r.body.is_empty());
+    assert!(c.objects("contacts").is_empty());
+    let archived = c.get("/__mock/objects/contacts?archived=true").json()["results"].clone();
+    assert_eq!(archived.as_array().unwrap().len(), 2);
+    assert_eq!(archived[0]["archived"], true);
+    assert!(archived[0]["archivedAt"].is_string());
+    let r = c.get(&format!("/crm/v3/objects/contacts/{}", ids[0]));
+    assert_eq!(r.status, 404);
+    let stats = c.get("/__mock/stats").json();
+    assert_eq!(stats["objects"]["contacts"], 0);
+    assert_eq!(stats["archived"]["contacts"], 2);
+    // An archived contact's email is free again.
+    let r = c.post(
+        UPSERT,
+        &json!({"inputs": [upsert_input("a@x.io", json!({}))]}),
+    );
+    assert_eq!(r.json()["results"][0]["new"], true);
+}
+
+#[test]
+fn authentication() {
+    let (_s, mut c) = start(Config {
+        token: Some("sekret".into()),
+        ..Config::default()
+    });
+    c.token = None;
+    let r = c.get("/crm/v3/objects/contacts/1");
+    assert_eq!(r.status, 401);
+    let v = r.json();
+    assert_eq!(v["status"], "error");
+    assert_eq!(v["category"], "INVALID_AUTHENTICATION");
+    assert!(v["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Authentication credentials not found."));
+    assert!(v["correlationId"].as_str().unwrap().len() >= 32);
+    c.token = Some("wrong".into());
+    assert_eq!(c.get("/crm/v3/objects/contacts/1").status, 401);
+    c.token = Some("sekret".into());
+    assert_eq!(c.get("/crm/v3/objects/contacts/1").status, 404);
+    c.token = None;
+    assert_eq!(c.get("/__mock/health").body, "ok", "admin needs no auth");
+
+    let (_s2, mut c2) = start_default();
+    c2.token = Some("anything".into());
+    assert_eq!(c2.get("/crm/v3/objects/contacts/1").status, 404);
+    c2.token = Some(String::new());
+    assert_eq!(c2.get("/crm/v3/objects/contacts/1").status, 401);
+}
+
+#[test]
+fn rate_limit_headers_and_enforcement() {
+    let (_s, c) = start_default();
+    let r = c.post(
+        UPSERT,
+        &json!({"inputs": [upsert_input("a@x.io", json!({}))]}),
+    );
+    assert_eq!(
+        r.header("X-HubSpot-RateLimit-Interval-Milliseconds"),
+        Some("10000")
+    );
+    assert_eq!(r.header("X-HubSpot-RateLimit-Max"), Some("190"));
+    assert_eq!(r.header("X-HubSpot-RateLimit-Remaining"), Some("189"));
+    assert!(r.header("X-HubSpot-RateLimit-Daily").is_some());
+    assert!(r.header("X-HubSpot-RateLimit-Daily-Remaining").is_some());
+    let r = c.get("/crm/v3/objects/contacts/1");
+    assert_eq!(r.header("X-HubSpot-RateLimit-Remaining"), Some("188"));
+    let r = c.post("/crm/v3/objects/contacts/search", &json!({}));
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("X-HubSpot-RateLimit-Max").is_none(),
+        "no rate-limit headers on search"
+    );
+
+    c.put(
+        "/__mock/faults",
+        &json!({"rate_limit": {"max": 2, "interval_ms": 60000}}),
+    );
+    let r1 = c.get("/crm/v3/objects/contacts/1");
+    assert_eq!(r1.header("X-HubSpot-RateLimit-Max"), Some("2"));
+    assert_eq!(
+        r1.header("X-HubSpot-RateLimit-Remaining"),
+        Some("0"),
+        "window already holds 2 calls"
+    );
+    let r = c.get("/crm/v3/objects/contacts/1");
+    assert_eq!(r.status, 429);
+    let v = r.json();
+    assert_eq!(v["status"], "error");
+    assert_eq!(
+        v["message"],
+        "You have reached your ten_secondly_rolling limit."
+    );
+    assert_eq!(v["errorType"], "RATE_LIMIT");
+    assert_eq!(v["policyName"], "TEN_SECONDLY_ROLLING");
+    assert!(v["correlationId"].is_string());
+    assert_eq!(r.header("X-HubSpot-RateLimit-Remaining"), Some("0"));
+    assert_eq!(
+        c.post("/crm/v3/objects/contacts/search", &json!({})).status,
+        200,
+        "search is not under this limit"
+    );
+    c.put("/__mock/faults", &json!({"rate_limit": null}));
+    assert_eq!(c.get("/crm/v3/objects/contacts/1").status, 404);
+
+    // Enforced from the configuration (the CLI's --rate-limit), with a short window.
+    let (_s2, c2) = start(Config {
+        rate_limit: Some((3, 1500)),
+        ..Config::default()
+    });
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| c2.get("/crm/v3/objects/deals/1").status)
+        .collect();
+    assert_eq!(statuses, vec![404, 404, 404, 429, 429]);
+    std::thread::sleep(Duration::from_millis(1600));
+    assert_eq!(
+        c2.get("/crm/v3/objects/deals/1").status,
+        404,
+        "window rolled over"
+    );
+    c2.post("/__mock/reset", &json!({}));
+    let r = c2.get("/crm/v3/objects/deals/1");
+    assert_eq!(
+        r.header("X-HubSpot-RateLimit-Remaining"),
+        Some("2"),
+        "reset clears the window"
+    );
+}
+
+#[test]
+fn fault_injection() {
+    let (_s, c) = start_default();
+    let cfg = json!({"fail_next": [{"status": 500, "retry_after": 2}, {"status": 429}, {"status": 503, "message": "down"}]});
+    let r = c.put("/__mock/faults", &cfg);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), cfg, "echoes the config");
+    let body = json!({"inputs": [upsert_input("a@x.io", json!({}))]});
+    let r = c.post(UPSERT, &body);
+    assert_eq!(r.status, 500);
+    assert_eq!(r.header("Retry-After"), Some("2"));
+    assert_eq!(r.json()["status"], "error");
+    let r = c.post(UPSERT, &body);
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["policyName"], "TEN_SECONDLY_ROLLING");
+    assert!(r.header("Retry-After").is_none());
+    let r = c.post(UPSERT, &body);
+    assert_eq!(
+        (r.status, r.json()["message"].clone()),
+        (503, json!("down"))
+    );
+    assert_eq!(c.post(UPSERT, &body).status, 200);
+    assert_eq!(
+        c.objects("contacts").len(),
+        1,
+        "failed requests wrote nothing"
+    );
+
+    c.put(
+        "/__mock/faults",
+        &json!({"error_rate": 1.0, "error_status": 502}),
+    );
+    assert_eq!(c.post(UPSERT, &body).status, 502);
+    c.put("/__mock/faults", &json!({"error_rate": 0.5}));
+    let n503 = (0..200)
+        .filter(|_| c.get("/crm/v3/objects/contacts/1").status == 503)
+        .count();
+    assert!((50..150).contains(&n503), "about half fail, got {n503}");
+
+    c.put("/__mock/faults", &json!({"delay_ms": 400}));
+    let t = Instant::now();
+    assert_eq!(c.post(UPSERT, &body).status, 200);
+    assert!(t.elapsed() >= Duration::from_millis(400));
+
+    // PUT replaces the whole config: {} clears everything.
+    assert_eq!(c.put("/__mock/faults", &json!({})).json(), json!({}));
+    let t = Instant::now();
+    assert_eq!(c.post(UPSERT, &body).status, 200);
+    assert!(t.elapsed() < Duration::from_millis(400));
+
+    let r = c.put("/__mock/faults", &json!({"dealy_ms": 5}));
+    assert_eq!(r.status, 400, "unknown fault fields are refused");
+    let r = c.put("/__mock/faults", &json!({"error_rate": 2}));
+    assert_eq!(r.status, 400);
+
+    // Single-object scripted failure.
+    c.put("/__mock/faults", &json!({"fail_ids": {"b@x.io": "no b"}}));
+    let r = c.post(
+        "/crm/v3/objects/contacts",
+        &json!({"properties": {"email": "b@x.io"}}),
+    );
+    assert_eq!(
+        (r.status, r.json()["message"].clone()),
+        (400, json!("no b"))
+    );
+}
+
+#[test]
+fn hang_exceeds_client_timeout_but_write_completes() {
+    let (s, c) = start_default();
+    c.put("/__mock/faults", &json!({"hang_ms": 1500}));
+    let impatient = Client::with_timeout(s.url(), Some(Duration::from_millis(150)));
+    let body = json!({"inputs": [upsert_input("slow@x.io", json!({}))]}).to_string();
+    assert!(
+        impatient.try_req("POST", UPSERT, Some(&body)).is_err(),
+        "client times out"
+    );
+    assert_eq!(c.get("/__mock/stats").json()["inflight"], 1);
+    std::thread::sleep(Duration::from_millis(1600));
+    let stats = c.get("/__mock/stats").json();
+    assert_eq!(stats["inflight"], 0);
+    assert_eq!(
+        stats["objects"]["contacts"], 1,
+        "the server still applied the write"
+    );
+}
+
+#[test]
+fn admin_request_log_and_reset() {
+    let (_s, c) = start_default();
+    c.post(
+        UPSERT,
+        &json!({"inputs": [upsert_input("a@x.io", json!({})), upsert_input("b@x.io", json!({}))]}),
+    );
+    c.get("/crm/v3/objects/contacts/1000001");
+    c.post("/crm/v3/objects/contacts/search", &json!({}));
+    c.req("DELETE", "/crm/v3/objects/contacts/1", None);
+    c.get("/crm/v3/nowhere");
+    assert_eq!(c.get("/__mock/nowhere").status, 404);
+    let log = c.requests();
+    let summary: Vec<(String, String, u64, u64)> = log
+        .iter()
+        .map(|e| {
+            (
+                e["method"].as_str().unwrap().to_owned(),
+                e["path"].as_str().unwrap().to_owned(),
+                e["status"].as_u64().unwrap(),
+                e["inputs"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let s = |m: &str, p: &str, st: u64, n: u64| (m.to_owned(), p.to_owned(), st, n);
+    assert_eq!(
+        summary,
+        vec![
+            s("POST", UPSERT, 200, 2),
+            s("GET", "/crm/v3/objects/contacts/1000001", 200, 0),
+            s("POST", "/crm/v3/objects/contacts/search", 200, 0),
+            s("DELETE", "/crm/v3/objects/contacts/1", 204, 1),
+            s("GET", "/crm/v3/nowhere", 404, 0),
+        ]
+    );
+    let seqs: Vec<u64> = log.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    for e in &log {
+        let (rx, done) = (
+            e["received_at_us"].as_i64().unwrap(),
+            e["completed_at_us"].as_i64().unwrap(),
+        );
+        assert!(rx > 1_600_000_000_000_000 && done >= rx);
+    }
+    let since = c.get(&format!("/__mock/requests?since={}", seqs[2])).json();
+    assert_eq!(since["requests"].as_array().unwrap().len(), 2);
+    let nf = c.get("/crm/v3/nowhere").json();
+    assert_eq!(nf["status"], "error");
+
+    let stats = c.get("/__mock/stats").json();
+    assert_eq!(stats["requests"], 6);
+    assert_eq!(stats["inflight"], 0);
+    assert_eq!(stats["objects"]["contacts"], 2);
+
+    c.put("/__mock/faults", &json!({"delay_ms": 1000}));
+    let r = c.post("/__mock/reset", &json!({}));
+    assert_eq!((r.status, r.body.as_str()), (200, "{}"));
+    assert!(c.requests().is_empty());
+    assert!(c.objects("contacts").is_empty());
+    let t = Instant::now();
+    c.get("/crm/v3/objects/contacts/1");
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "reset cleared the faults"
+    );
+    assert_eq!(c.get("/__mock/stats").json()["requests"], 1);
+}
+
+#[test]
+fn search_filters_sorts_and_pages() {
+    let (_s, c) = start_default();
+    let inputs: Vec<Value> = (0..30)
+        .map(|i| {
+            upsert_input(
+                &format!("u{i:02}@x.io"),
+                json!({"score": i, "team": if i % 2 == 0 { "even" } else { "odd" }}),
+            )
+        })
+        .collect();
+    c.post(UPSERT, &json!({ "inputs": inputs }));
+    let search = |body: Value| {
+        let r = c.post("/crm/v3/objects/contacts/search", &body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()
+    };
+    let v = search(json!({"filterGroups": [{"filters": [
+        {"propertyName": "score", "operator": "GTE", "value": "10"},
+        {"propertyName": "team", "operator": "EQ", "value": "EVEN"}]}],
+        "sorts": [{"propertyName": "score", "direction": "DESCENDING"}], "limit": 3, "properties": ["score"]}));
+    assert_eq!(v["total"], 10);
+    let scores: Vec<&str> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["properties"]["score"].as_str().unwrap())
+        .collect();
+    assert_eq!(scores, vec!["28", "26", "24"]);
+    assert_eq!(v["paging"]["next"]["after"], "3");
+    let v = search(
+        json!({"filterGroups": [{"filters": [{"propertyName": "score", "operator": "GTE", "value": 10},
+        {"propertyName": "team", "operator": "EQ", "value": "even"}]}], "sorts": [{"propertyName": "score", "direction": "DESCENDING"}], "limit": 3, "after": "9"}),
+    );
+    assert_eq!(v["results"].as_array().unwrap().len(), 1);
+    assert!(v.get("paging").is_none());
+
+    // OR of groups, IN, HAS/NOT_HAS, CONTAINS_TOKEN.
+    let v = search(json!({"filterGroups": [
+        {"filters": [{"propertyName": "score", "operator": "IN", "values": ["1", "2"]}]},
+        {"filters": [{"propertyName": "score", "operator": "LT", "value": "1"}]}]}));
+    assert_eq!(v["total"], 3);
+    let v = search(
+        json!({"filterGroups": [{"filters": [{"propertyName": "nope", "operator": "NOT_HAS_PROPERTY"},
+        {"propertyName": "email", "operator": "CONTAINS_TOKEN", "value": "*@x.io"}, {"propertyName": "score", "operator": "HAS_PROPERTY"},
+        {"propertyName": "team", "operator": "NEQ", "value": "odd"}]}]}),
+    );
+    assert_eq!(v["total"], 15);
+
+    // Incremental read: lastmodifieddate GT a millisecond timestamp, ascending.
+    let v = search(
+        json!({"filterGroups": [{"filters": [{"propertyName": "lastmodifieddate", "operator": "GT", "value": "0"}]}],
+        "sorts": [{"propertyName": "lastmodifieddate", "direction": "ASCENDING"}], "limit": 200}),
+    );
+    assert_eq!(v["results"].as_array().unwrap().len(), 30);
+    let far_future = search(
+        json!({"filterGroups": [{"filters": [{"propertyName": "lastmodifieddate", "operator": "GT", "value": "99999999999999"}]}]}),
+    );
+    assert_eq!(far_future["total"], 0);
+
+    let r = c.post("/crm/v3/objects/contacts/search", &json!({"limit": 201}));
+    assert_eq!(r.status, 400);
+    let r = c.post("/crm/v3/objects/contacts/search", &json!({"after": 10000}));
+    assert_eq!(r.status, 400);
+    let r = c.post("/crm/v3/objects/contacts/search", &json!({"filterGroups": [{"filters": [{"propertyName": "a", "operator": "LIKE", "value": "x"}]}]}));
+    assert_eq!(r.status, 400);
+}
+
+#[test]
+fn batch_read_and_update_by_id_property() {
+    let (_s, c) = start_default();
+    c.post(
+        UPSERT,
+        &json!({"inputs": [upsert_input("a@x.io", json!({"firstname": "A"}))]}),
+    );
+    let r = c.post(
+        "/crm/v3/objects/contacts/batch/read",
+        &json!({"idProperty": "email", "properties": ["firstname"], "inputs": [{"id": "A@x.io"}, {"id": "z@x.io"}]}),
+    );
+    assert_eq!(r.status, 207, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["results"][0]["properties"]["firstname"], "A");
+    assert_eq!(v["errors"][0]["context"]["ids"], json!(["z@x.io"]));
+    let r = c.post(
+        UPDATE,
+        &json!({"inputs": [{"idProperty": "email", "id": "a@x.io", "properties": {"firstname": "A2"}}]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["results"][0]["properties"]["firstname"], "A2");
+    let r = c.get("/crm/v3/objects/contacts?limit=1");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["results"].as_array().unwrap().len(), 1);
+}
