@@ -1,0 +1,260 @@
+//! The result rows, from the figures each part measured, and the raw figures
+//! behind their medians.
+
+use crate::ceiling::Ceiling;
+use crate::drain::{Drain, Redrain};
+use crate::latency::Latency;
+use crate::opts::Opts;
+use crate::overhead::AB;
+use crate::rss::mb;
+use crate::stats::{max, median, percentile};
+use crate::table::{cost_ratio, thousands, Row, Target};
+
+pub struct Figures<'a> {
+    pub opts: &'a Opts,
+    pub ceiling: &'a Ceiling,
+    pub drain: &'a Drain,
+    pub redrain: &'a Redrain,
+    pub latency: &'a Latency,
+    pub single: &'a AB,
+    pub bulk: &'a AB,
+    pub bulk_enqueued: i64,
+    pub after_bulk: &'a AB,
+    pub nosync: &'a AB,
+}
+
+fn per_s(x: f64) -> String {
+    format!("{} rec/s", thousands(x))
+}
+
+fn ms(x: f64) -> String {
+    format!("{x:.1} ms")
+}
+
+fn list(v: &[f64], unit: &str, digits: usize) -> String {
+    v.iter()
+        .map(|x| format!("{x:.digits$}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+        + unit
+}
+
+impl Figures<'_> {
+    pub fn rows(&self) -> Vec<Row> {
+        let mut rows = self.drain_rows();
+        rows.extend(self.overhead_rows());
+        rows.extend(self.latency_rows());
+        rows.extend(self.memory_rows());
+        rows
+    }
+
+    fn drain_rows(&self) -> Vec<Row> {
+        let (d, r, c) = (self.drain, self.redrain, self.ceiling);
+        let n = d.rows;
+        let min_requests = (n + 99) / 100;
+        vec![
+            Row::new(
+                format!("drain throughput ({} records)", thousands(n as f64)),
+                per_s(d.records_per_s),
+                format!("{} (mock ceiling)", per_s(c.records_per_s)),
+                format!("{:.2}×", d.records_per_s / c.records_per_s),
+                (Target::AtLeast(10_000.0), "≥ 10,000 rec/s"),
+                d.records_per_s,
+            ),
+            Row::new(
+                "↳ CRM requests of the drain",
+                d.requests.to_string(),
+                format!("{min_requests} (batches of 100)"),
+                format!("{:.2}×", d.requests as f64 / min_requests as f64),
+                (Target::Info, "—"),
+                0.0,
+            ),
+            Row::new(
+                format!(
+                    "↳ rows enqueued by an unchanged UPDATE of {}",
+                    thousands(n as f64)
+                ),
+                r.enqueued_by_unchanged_update.to_string(),
+                "—",
+                "—",
+                (Target::AtMost(0.0), "0"),
+                r.enqueued_by_unchanged_update as f64,
+            ),
+            Row::new(
+                "re-drain of unchanged records (digest skip)",
+                per_s(r.records_per_s),
+                format!("{} (first drain)", per_s(d.records_per_s)),
+                format!("{:.2}×", r.records_per_s / d.records_per_s),
+                (Target::Info, "—"),
+                0.0,
+            ),
+            Row::new(
+                "↳ CRM requests of the re-drain",
+                r.requests.to_string(),
+                "—",
+                "—",
+                (Target::AtMost(0.0), "0"),
+                r.requests as f64,
+            ),
+        ]
+    }
+
+    fn overhead_rows(&self) -> Vec<Row> {
+        let (s, bk, ns, ab) = (self.single, self.bulk, self.nosync, self.after_bulk);
+        // cost ratios: how much longer an UPDATE takes with the mapping (≥ 1: slower)
+        let single = s.plain_median() / s.mapped_median();
+        let bulk = bk.mapped_median() / bk.plain_median();
+        let nosync = ns.plain_median() / ns.mapped_median();
+        let after_bulk = ab.mapped_median() / ab.plain_median();
+        vec![
+            Row::new(
+                "single-row UPDATE, durable (tps, mapped)",
+                format!("{} tps", thousands(s.mapped_median())),
+                format!("{} tps (no mapping)", thousands(s.plain_median())),
+                cost_ratio(single),
+                (Target::AtMost(1.15), "≤ +15%"),
+                single,
+            ),
+            Row::new(
+                format!(
+                    "{}-row UPDATE, durable (s, mapped)",
+                    thousands(self.opts.rows as f64)
+                ),
+                format!("{:.3} s", bk.mapped_median()),
+                format!("{:.3} s (no mapping)", bk.plain_median()),
+                cost_ratio(bulk),
+                (Target::AtMost(1.5), "≤ 1.5×"),
+                bulk,
+            ),
+            Row::new(
+                "single-row UPDATE after a bulk one, same session (µs)",
+                format!("{:.0} µs", ab.mapped_median()),
+                format!("{:.0} µs (no mapping)", ab.plain_median()),
+                cost_ratio(after_bulk),
+                (Target::AtMost(1.15), "≤ +15%"),
+                after_bulk,
+            ),
+            Row::new(
+                "single-row UPDATE, not durable (tps, mapped)",
+                format!("{} tps", thousands(ns.mapped_median())),
+                format!("{} tps (no mapping)", thousands(ns.plain_median())),
+                cost_ratio(nosync),
+                (Target::Info, "— (CPU cost only)"),
+                0.0,
+            ),
+        ]
+    }
+
+    fn latency_rows(&self) -> Vec<Row> {
+        let (l, rtt) = (&self.latency.ms, &self.ceiling.single_rtt_ms);
+        let row = |name: &str, v: f64, base: f64, target: (Target, &str)| {
+            Row::new(
+                name,
+                ms(v),
+                format!("{} (1-record request)", ms(base)),
+                format!("{:.1}×", v / base),
+                target,
+                v,
+            )
+        };
+        vec![
+            row(
+                "commit-to-CRM latency p50",
+                percentile(l, 50.0),
+                percentile(rtt, 50.0),
+                (Target::AtMost(50.0), "≤ 50 ms"),
+            ),
+            row(
+                "commit-to-CRM latency p99",
+                percentile(l, 99.0),
+                percentile(rtt, 99.0),
+                (Target::AtMost(250.0), "≤ 250 ms"),
+            ),
+            row(
+                "commit-to-CRM latency max",
+                max(l),
+                max(rtt),
+                (Target::Info, "—"),
+            ),
+        ]
+    }
+
+    fn memory_rows(&self) -> Vec<Row> {
+        let d = self.drain;
+        let (peak, idle) = (d.peak, d.idle_backend);
+        vec![
+            Row::new(
+                "peak worker VmRSS while draining",
+                mb(peak.vm_rss_kb),
+                format!("{} (idle backend)", mb(idle.vm_rss_kb)),
+                format!(
+                    "{:.1}×",
+                    peak.vm_rss_kb as f64 / idle.vm_rss_kb.max(1) as f64
+                ),
+                (Target::AtMost(100.0 * 1024.0), "≤ 100 MB"),
+                peak.vm_rss_kb as f64,
+            ),
+            Row::new(
+                "peak worker RssAnon while draining",
+                mb(peak.rss_anon_kb),
+                format!("{} (idle backend)", mb(idle.rss_anon_kb)),
+                format!(
+                    "{:.1}×",
+                    peak.rss_anon_kb as f64 / idle.rss_anon_kb.max(1) as f64
+                ),
+                (Target::Info, "—"),
+                0.0,
+            ),
+        ]
+    }
+
+    /// The raw figures behind the medians, and anything odd seen on the way.
+    pub fn details(&self) -> String {
+        let (d, r, c, l) = (self.drain, self.redrain, self.ceiling, self.latency);
+        let mut out = String::from("details:\n");
+        out += &format!("  mock ceiling runs: {}\n", list(&c.runs, " rec/s", 0));
+        out += &format!(
+            "  drain: {:.2} s for {} records; re-drain: {:.2} s\n",
+            d.secs, d.rows, r.secs
+        );
+        out += &format!(
+            "  single-row UPDATE durable, tps per run: mapped {}; plain {}\n",
+            list(&self.single.mapped, "", 0),
+            list(&self.single.plain, "", 0)
+        );
+        out += &format!(
+            "  bulk UPDATE, s per run: mapped {}; plain {}; rows enqueued by the mapped one: {}\n",
+            list(&self.bulk.mapped, "", 3),
+            list(&self.bulk.plain, "", 3),
+            self.bulk_enqueued
+        );
+        out += &format!(
+            "  single-row UPDATE after a bulk one in the same session: {} each, µs at p90: mapped {:.0}, plain {:.0}\n",
+            self.after_bulk.mapped.len(),
+            percentile(&self.after_bulk.mapped, 90.0),
+            percentile(&self.after_bulk.plain, 90.0)
+        );
+        out += &format!(
+            "  single-row UPDATE not durable (fsync, synchronous_commit, full_page_writes off), tps per run: mapped {}; plain {}\n",
+            list(&self.nosync.mapped, "", 0),
+            list(&self.nosync.plain, "", 0)
+        );
+        out += &format!(
+            "  latency: {} samples, median {:.1} ms, min {:.1} ms; {} requests carried more than one record\n",
+            l.ms.len(),
+            median(&l.ms),
+            l.ms.iter().copied().fold(f64::INFINITY, f64::min),
+            l.shared_requests
+        );
+        out += &format!(
+            "  worker memory: idle before the drain VmRSS {} / RssAnon {}; {} samples every 50 ms while draining\n",
+            mb(d.worker_idle.vm_rss_kb),
+            mb(d.worker_idle.rss_anon_kb),
+            d.samples
+        );
+        if d.worker_restarted {
+            out += "  WARNING: the worker's PID changed during the drain (crash and restart?): see the server log\n";
+        }
+        out
+    }
+}
