@@ -50,13 +50,25 @@ CREATE TABLE etlify.mappings (
     UNIQUE (crm, source)
 );
 
+-- What writers append: one row per statement that changed records of a mapping,
+-- with the changed keys. Append-only, no index, no foreign key: the cheapest write
+-- there is, so that writers barely notice the mapping. The drain absorbs these
+-- rows into etlify.queue (etlify._absorb) before each round.
+CREATE TABLE etlify.changes (
+    mapping_id int NOT NULL,
+    keys       text[] NOT NULL,
+    at         timestamptz NOT NULL DEFAULT now()
+);
+
 -- Dirty records. One row per (mapping, key), whatever table the change came from.
 -- change_seq is bumped by every statement that touches the key; the drain clears a
 -- row only if change_seq is still the value it claimed, so a change committed while
 -- the record was in flight keeps it dirty (never lose a change).
 CREATE SEQUENCE etlify.change_seq;
 CREATE TABLE etlify.queue (
-    mapping_id  int NOT NULL REFERENCES etlify.mappings (id) ON DELETE CASCADE,
+    -- no foreign keys on the hot tables: unsync_table and the sql_drop event
+    -- trigger delete a mapping's rows themselves
+    mapping_id  int NOT NULL,
     key         text NOT NULL,
     change_seq  bigint NOT NULL,
     -- when the record became dirty (kept across further changes: oldest_pending_at)
@@ -68,13 +80,12 @@ CREATE TABLE etlify.queue (
     claimed_at  timestamptz,
     PRIMARY KEY (mapping_id, key)
 );
--- The claim's order. change_seq and claimed_by stay out of indexes so that the
--- writers' and the worker's updates of a queue row can be HOT.
-CREATE INDEX queue_ready ON etlify.queue (mapping_id, not_before);
+-- Only the primary key: every further index would be paid by writers and by the
+-- worker's claims; the claim scans the mapping's part of the key index.
 
 -- Sync state per (mapping, key): what the CRM holds for it.
 CREATE TABLE etlify.records (
-    mapping_id     int NOT NULL REFERENCES etlify.mappings (id) ON DELETE CASCADE,
+    mapping_id     int NOT NULL,
     key            text NOT NULL,
     state          text NOT NULL CHECK (state IN ('pending', 'synced', 'skipped', 'buffered', 'failed', 'parked', 'deleted')),
     crm_id         text,
@@ -101,6 +112,11 @@ CREATE TABLE etlify.sync_log_entries (
 
 REVOKE ALL ON ALL TABLES IN SCHEMA etlify FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA etlify FROM PUBLIC;
+-- The capture triggers run as the writing role (no SECURITY DEFINER: cheaper, and
+-- no definer's rights to guard). All a writer can do here is append keys that the
+-- worker then reconciles to the rows as they are; it reads nothing.
+GRANT USAGE ON SCHEMA etlify TO PUBLIC;
+GRANT INSERT ON etlify.changes TO PUBLIC;
 
 -- pg_dump keeps the configuration; state is rebuilt by a backfill after a restore.
 SELECT pg_catalog.pg_extension_config_dump('etlify.crms', '');

@@ -34,7 +34,8 @@ BEGIN
         RAISE EXCEPTION 'etlify.register_crm: max_sync_errors must be positive, got %', $8;
     END IF;
     -- adapter name, its config keys and the batch size it can take (Rust: etlify_core::validate)
-    PERFORM etlify._validate_adapter($2, v_config, $9);
+    PERFORM etlify._validate_adapter($2, v_config, $9,
+        $4 IS NOT NULL OR EXISTS (SELECT 1 FROM etlify.crm_secrets s WHERE s.crm = v_name));
 
     INSERT INTO etlify.crms AS c (name, adapter, config, enabled, rate_limit, rate_period, max_sync_errors, batch_size)
     VALUES (v_name, $2, v_config, coalesce($5, true), $6, $7, $8, $9)
@@ -55,20 +56,21 @@ END
 $$;
 
 -- The change-capture trigger function of one mapping. Statement-level, with
--- transition tables: one INSERT ... SELECT per statement, only keys whose watched
--- values changed, one change_seq per statement (the scalar subquery runs once).
+-- transition tables: one row appended to etlify.changes per statement, holding the
+-- keys whose watched values changed (none: nothing appended, the worker not woken).
+-- jit = off: the plan is cached per session, and one made during a bulk statement
+-- would otherwise be JIT-compiled again for every later single-row statement.
 CREATE FUNCTION etlify._capture_function_sql(p_mapping etlify.mappings) RETURNS text
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_fn       text := format('etlify.%I', '_capture_' || p_mapping.id);
-    v_key_n    text := format('n.%I::text', p_mapping.key_column);
-    v_key_o    text := format('o.%I::text', p_mapping.key_column);
-    v_changed  text;
-    v_enqueue  text := format(
-        'INSERT INTO etlify.queue AS q (mapping_id, key, change_seq) SELECT %s, k, (SELECT pg_catalog.nextval(''etlify.change_seq'')) FROM (%%s) AS c(k) '
-        'ON CONFLICT (mapping_id, key) DO UPDATE SET change_seq = EXCLUDED.change_seq',
+    v_fn      text := format('etlify.%I', '_capture_' || p_mapping.id);
+    v_key_n   text := format('n.%I::text', p_mapping.key_column);
+    v_key_o   text := format('o.%I::text', p_mapping.key_column);
+    v_changed text;
+    v_append  text := format(
+        'INSERT INTO etlify.changes (mapping_id, keys) SELECT %s, pg_catalog.array_agg(k) FROM (%%s) AS c(k) HAVING pg_catalog.count(*) > 0',
         p_mapping.id);
 BEGIN
     IF p_mapping.watch IS NULL THEN
@@ -90,8 +92,8 @@ BEGIN
 
     RETURN format($f$
 CREATE OR REPLACE FUNCTION %1$s() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql
+SET jit = off
 AS $body$
 BEGIN
     IF TG_OP = 'INSERT' THEN
@@ -104,7 +106,7 @@ BEGIN
         %4$s;
     ELSE
         -- TRUNCATE: every record the CRM may hold becomes a delete
-        %5$s;
+        PERFORM etlify._enqueue_synced(%5$s);
     END IF;
     IF FOUND THEN
         PERFORM etlify._wake();
@@ -114,16 +116,39 @@ END
 $body$;
 $f$,
         v_fn,
-        format(v_enqueue, format('SELECT %s FROM etlify_new n', v_key_n)),
-        format(v_enqueue, format(
+        format(v_append, format('SELECT %s FROM etlify_new n', v_key_n)),
+        format(v_append, format(
             'SELECT coalesce(%s, %s) FROM etlify_new n FULL JOIN etlify_old o ON n.%I = o.%I '
             'WHERE n.%I IS NULL OR o.%I IS NULL OR %s',
             v_key_n, v_key_o, p_mapping.key_column, p_mapping.key_column,
             p_mapping.key_column, p_mapping.key_column, v_changed)),
-        format(v_enqueue, format('SELECT %s FROM etlify_old o', v_key_o)),
-        format(v_enqueue, format(
-            'SELECT r.key FROM etlify.records r WHERE r.mapping_id = %s AND r.crm_id IS NOT NULL', p_mapping.id)));
+        format(v_append, format('SELECT %s FROM etlify_old o', v_key_o)),
+        p_mapping.id);
 END
+$$;
+
+-- TRUNCATE of a source: every record with a CRM id is dirty (its row is gone, so
+-- the drain archives it). Security definer: the truncating role cannot read
+-- etlify.records.
+CREATE FUNCTION etlify._enqueue_synced(p_mapping int) RETURNS void
+LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO etlify.queue AS q (mapping_id, key, change_seq)
+    SELECT r.mapping_id, r.key, (SELECT nextval('etlify.change_seq'))
+      FROM etlify.records r WHERE r.mapping_id = p_mapping AND r.crm_id IS NOT NULL
+    ON CONFLICT (mapping_id, key) DO UPDATE SET change_seq = EXCLUDED.change_seq;
+$$;
+
+-- Removes a mapping with everything it left in the queue and the sync state.
+CREATE FUNCTION etlify._forget_mapping(p_mapping int) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    DELETE FROM etlify.changes WHERE mapping_id = p_mapping;
+    DELETE FROM etlify.queue WHERE mapping_id = p_mapping;
+    DELETE FROM etlify.records WHERE mapping_id = p_mapping;
+    DELETE FROM etlify.mappings WHERE id = p_mapping;
 $$;
 
 CREATE FUNCTION etlify._install_capture(p_mapping etlify.mappings) RETURNS void
@@ -328,7 +353,7 @@ BEGIN
         RAISE EXCEPTION 'etlify.unsync_table: % is not synced to CRM "%"', $2, $1;
     END IF;
     PERFORM etlify._drop_capture(v_mapping);
-    DELETE FROM etlify.mappings m WHERE m.id = v_mapping.id;  -- queue and records cascade
+    PERFORM etlify._forget_mapping(v_mapping.id);
 END
 $$;
 
@@ -367,7 +392,7 @@ BEGIN
          WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0
     LOOP
         EXECUTE format('DROP FUNCTION IF EXISTS etlify.%I()', '_capture_' || v_mapping.id);
-        DELETE FROM etlify.mappings m WHERE m.id = v_mapping.id;
+        PERFORM etlify._forget_mapping(v_mapping.id);
     END LOOP;
 END
 $$;

@@ -2,6 +2,38 @@
 -- requests. The Rust half (src/engine) decides what to send and talks to the CRM
 -- between these calls, with no transaction open when it runs in the worker.
 
+-- Moves up to p_limit rows of etlify.changes into the keyed queue, one new change
+-- number for all of them: a key that is in flight gets a number its claimer did not
+-- see, so its claimer leaves it dirty (never lose a change). Returns the rows moved.
+CREATE FUNCTION etlify._absorb(p_limit int) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_moved bigint;
+BEGIN
+    WITH moved AS (
+        DELETE FROM etlify.changes c
+         WHERE c.ctid = ANY (ARRAY(SELECT x.ctid FROM etlify.changes x LIMIT p_limit FOR UPDATE SKIP LOCKED))
+        RETURNING c.mapping_id, c.keys, c.at
+    ), counted AS (
+        SELECT count(*) AS n FROM moved
+    ), dirty AS (
+        SELECT m.mapping_id, k.key, min(m.at) AS at
+          FROM moved m CROSS JOIN LATERAL unnest(m.keys) AS k(key)
+         WHERE EXISTS (SELECT 1 FROM etlify.mappings mm WHERE mm.id = m.mapping_id)
+         GROUP BY m.mapping_id, k.key
+    ), ins AS (
+        INSERT INTO etlify.queue AS q (mapping_id, key, change_seq, enqueued_at)
+        SELECT d.mapping_id, d.key, (SELECT nextval('etlify.change_seq')), d.at FROM dirty d
+        ON CONFLICT (mapping_id, key) DO UPDATE SET change_seq = EXCLUDED.change_seq
+        RETURNING 1
+    )
+    SELECT counted.n INTO v_moved FROM counted, (SELECT count(*) FROM ins) i;
+    RETURN v_moved;
+END
+$$;
+
 -- Claims up to p_limit ready keys of a mapping (or exactly p_keys), then loads and
 -- serializes them in one statement as the mapping's owner.
 --   p_claimer: the worker's claim token (committed before HTTP so that other claimers
@@ -9,11 +41,15 @@
 --   transaction instead.
 -- One row per claimed key. present: the source row exists; included: sync_if holds;
 -- error: the serializer failed for this row (the others are unaffected).
+-- No SET search_path here (everything below is qualified): serializers and sync_if
+-- resolve names with the session's search_path, as they would in a query.
 CREATE FUNCTION etlify._claim(p_mapping int, p_limit int, p_claimer text, p_keys text[] DEFAULT NULL)
 RETURNS TABLE (key text, change_seq bigint, state text, crm_id text, digest bytea,
                present boolean, included boolean, payload jsonb, error text)
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
+-- plans fit the tables as they are now (a plan cached while etlify.records was
+-- empty would scan it for every batch once it is large)
+SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
     m          etlify.mappings;
@@ -32,16 +68,15 @@ BEGIN
     END IF;
 
     IF p_keys IS NULL THEN
-        WITH c AS (
-            SELECT q.key FROM etlify.queue q
-             WHERE q.mapping_id = p_mapping AND q.not_before <= now() AND q.claimed_by IS NULL
-             -- index order (queue_ready): no sort over the whole backlog per claim
-             ORDER BY q.not_before
-             LIMIT p_limit
-               FOR UPDATE SKIP LOCKED
-        ), u AS (
+        -- no ORDER BY: a sort would read the whole backlog on every claim. The
+        -- update goes by ctid (a TID scan), not by a join over the queue.
+        WITH u AS (
             UPDATE etlify.queue q SET claimed_by = p_claimer, claimed_at = now()
-              FROM c WHERE q.mapping_id = p_mapping AND q.key = c.key
+             WHERE q.ctid = ANY (ARRAY(
+                   SELECT x.ctid FROM etlify.queue x
+                    WHERE x.mapping_id = p_mapping AND x.not_before <= now() AND x.claimed_by IS NULL
+                    LIMIT p_limit
+                      FOR UPDATE SKIP LOCKED))
             RETURNING q.key, q.change_seq
         )
         SELECT array_agg(u.key), array_agg(u.change_seq) INTO v_keys, v_seqs FROM u;
@@ -63,13 +98,16 @@ BEGIN
     IF v_keys IS NULL THEN
         RETURN;
     END IF;
+    SELECT array_agg(k.key ORDER BY k.key), array_agg(k.seq ORDER BY k.key) INTO v_keys, v_seqs
+      FROM unnest(v_keys, v_seqs) AS k(key, seq);
 
     -- Serializer and sync_if run as the role that declared the mapping, never as
     -- the (superuser) worker.
     EXECUTE format('SET LOCAL ROLE %s', m.owner);
     BEGIN
-        EXECUTE 'SELECT array_agg(f.present), array_agg(f.included), array_agg(f.payload) FROM ('
-                || m.fetch_sql || ') f'
+        -- ordered by key on both sides: the join inside fetch_sql may reorder rows
+        EXECUTE 'SELECT array_agg(f.present ORDER BY f.key), array_agg(f.included ORDER BY f.key), '
+                || 'array_agg(f.payload ORDER BY f.key) FROM (' || m.fetch_sql || ') f'
            INTO v_present, v_included, v_payloads
           USING v_keys;
         v_errors := array_fill(NULL::text, ARRAY[cardinality(v_keys)]);
@@ -114,6 +152,7 @@ CREATE TYPE etlify._result AS (
 CREATE FUNCTION etlify._record(p_mapping int, p_claimer text, p_results jsonb) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
     v_max  int;
@@ -325,10 +364,11 @@ AS $$
      WHERE r.mapping_id = (etlify._mapping($1, $2)).id AND r.key = $3;
 $$;
 
+-- No SET search_path (not security definer, everything qualified): per_model names
+-- tables as the caller's search_path shows them.
 CREATE FUNCTION etlify.sync_stale(crm text DEFAULT NULL, sources regclass[] DEFAULT NULL,
                                   async boolean DEFAULT true, batch_size int DEFAULT 1000) RETURNS jsonb
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -353,7 +393,7 @@ BEGIN
               ORDER BY mm.id LOOP
         EXECUTE format(
             'WITH s AS (INSERT INTO etlify.queue AS q (mapping_id, key, change_seq) '
-            'SELECT %1$s, t.%2$I::text, (SELECT nextval(''etlify.change_seq'')) FROM %3$s t '
+            'SELECT %1$s, t.%2$I::text, (SELECT pg_catalog.nextval(''etlify.change_seq'')) FROM %3$s t '
             'LEFT JOIN etlify.records r ON r.mapping_id = %1$s AND r.key = t.%2$I::text '
             'WHERE r.key IS NULL OR r.state NOT IN (''synced'', ''skipped'', ''parked'') '
             'ON CONFLICT (mapping_id, key) DO NOTHING RETURNING 1) SELECT count(*) FROM s',
@@ -374,6 +414,15 @@ $$;
 
 -- Views ---------------------------------------------------------------------
 
+-- Dirty records: the keyed queue plus changes not absorbed yet.
+CREATE VIEW etlify._pending AS
+SELECT p.mapping_id, p.key, min(p.enqueued_at) AS enqueued_at, max(p.not_before) AS not_before
+  FROM (SELECT q.mapping_id, q.key, q.enqueued_at, q.not_before FROM etlify.queue q
+        UNION ALL
+        SELECT c.mapping_id, k.key, c.at, '-infinity'::timestamptz
+          FROM etlify.changes c CROSS JOIN LATERAL unnest(c.keys) AS k(key)) p
+ GROUP BY p.mapping_id, p.key;
+
 CREATE VIEW etlify.sync_status AS
 SELECT m.crm,
        m.source,
@@ -388,7 +437,7 @@ SELECT m.crm,
        r.last_error,
        CASE WHEN q.not_before > '-infinity' AND q.not_before < 'infinity' THEN q.not_before END AS next_attempt_at
   FROM etlify.records r
-  FULL JOIN etlify.queue q ON q.mapping_id = r.mapping_id AND q.key = r.key
+  FULL JOIN etlify._pending q ON q.mapping_id = r.mapping_id AND q.key = r.key
   JOIN etlify.mappings m ON m.id = coalesce(r.mapping_id, q.mapping_id);
 
 CREATE VIEW etlify.overview AS
@@ -400,7 +449,7 @@ SELECT m.crm,
        count(*) FILTER (WHERE s.state = 'failed')   AS failed,
        count(*) FILTER (WHERE s.state = 'parked')   AS parked,
        count(*) FILTER (WHERE s.state = 'skipped')  AS skipped,
-       (SELECT min(q.enqueued_at) FROM etlify.queue q WHERE q.mapping_id = m.id) AS oldest_pending_at,
+       (SELECT min(q.enqueued_at) FROM etlify._pending q WHERE q.mapping_id = m.id) AS oldest_pending_at,
        (SELECT max(r.last_synced_at) FROM etlify.records r WHERE r.mapping_id = m.id) AS last_synced_at
   FROM etlify.mappings m
   LEFT JOIN etlify.sync_status s ON s.crm = m.crm AND s.source = m.source
@@ -412,7 +461,7 @@ SELECT at, crm, source, operation, records, http_status, duration_ms, error
  ORDER BY id DESC;
 
 REVOKE ALL ON ALL TABLES IN SCHEMA etlify FROM PUBLIC;
-REVOKE ALL ON FUNCTION etlify.register_crm, etlify.sync_table, etlify.unsync_table, etlify._claim,
+REVOKE ALL ON FUNCTION etlify.register_crm, etlify.sync_table, etlify.unsync_table, etlify._claim, etlify._absorb,
     etlify._record, etlify._log, etlify._release_claims, etlify._work, etlify.enqueue,
     etlify.reset_errors, etlify.sync_stale FROM PUBLIC;
 

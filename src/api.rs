@@ -7,26 +7,25 @@ use etlify_core::plan::{Intent, Verdict};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
-/// register_crm's check of the adapter name, its config and batch size.
+/// register_crm's check of the adapter name, its config, its batch size and
+/// whether it has the secret it needs (building the adapter checks all of it;
+/// nothing is sent).
 #[pg_extern(volatile)]
-fn _validate_adapter(adapter: &str, config: JsonB, batch_size: Option<i32>) {
+fn _validate_adapter(adapter: &str, config: JsonB, batch_size: Option<i32>, has_secret: bool) {
     if let Err(e) = adapter::validate(adapter, &config.0) {
         error!("etlify.register_crm: {e}");
     }
-    if let Some(n) = batch_size {
-        let settings = CrmSettings {
-            adapter: adapter.to_string(),
-            config: config.0.clone(),
-            // building needs a token; none is sent
-            secret: Some("validation".into()),
-            batch_size: Some(n.max(0) as usize),
-        };
-        if n <= 0 {
-            error!("etlify.register_crm: batch_size must be positive, got {n}");
-        }
-        if let Err(e) = adapter::build(&settings, Box::new(Unpaced)) {
-            error!("etlify.register_crm: {e}");
-        }
+    if let Some(n) = batch_size.filter(|n| *n <= 0) {
+        error!("etlify.register_crm: batch_size must be positive, got {n}");
+    }
+    let settings = CrmSettings {
+        adapter: adapter.to_string(),
+        config: config.0,
+        secret: has_secret.then(|| "validation".to_string()),
+        batch_size: batch_size.map(|n| n as usize),
+    };
+    if let Err(e) = adapter::build(&settings, Box::new(Unpaced)) {
+        error!("etlify.register_crm: {e}");
     }
 }
 

@@ -20,15 +20,19 @@ pub static SYNC_LOG_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 /// Records claimed per round and mapping (a multiple of the adapter's batch size).
 pub static CLAIM_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
-pub fn init() {
-    GucRegistry::define_string_guc(
-        c"etlify.database",
-        c"Database the etlify sync worker serves.",
-        c"The worker connects to this database at start; changing it needs a restart.",
-        &DATABASE,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
+pub fn init(preloaded: bool) {
+    // A postmaster-only setting can be defined only while the postmaster loads us;
+    // without the preload there is no worker to configure.
+    if preloaded {
+        GucRegistry::define_string_guc(
+            c"etlify.database",
+            c"Database the etlify sync worker serves.",
+            c"The worker connects to this database at start; changing it needs a restart.",
+            &DATABASE,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+    }
     GucRegistry::define_int_guc(
         c"etlify.naptime",
         c"Longest sleep of the sync worker when no change wakes it.",

@@ -26,10 +26,11 @@ extension_sql_file!("../sql/operations.sql", name = "operations", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    gucs::init();
     // Shared memory and the worker exist only when preloaded; without the preload
     // the extension still records changes, and etlify.drain() does the worker's job.
-    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+    let preloaded = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    gucs::init(preloaded);
+    if preloaded {
         use requests::REQUESTS;
         use wake::WORKER_PROC;
         pgrx::pg_shmem_init!(WORKER_PROC);

@@ -84,7 +84,7 @@ pub extern "C-unwind" fn etlify_worker_main(_arg: pg_sys::Datum) {
         }
         if gucs::enabled() && extension_installed() {
             set_activity("draining");
-            let round = PgTryBuilder::new(AssertUnwindSafe(|| {
+            PgTryBuilder::new(AssertUnwindSafe(|| {
                 if !recovered {
                     // claims a previous incarnation committed before it died
                     let n = transaction(|| store::release_claims(WORKER_CLAIMER));
@@ -105,16 +105,14 @@ pub extern "C-unwind" fn etlify_worker_main(_arg: pg_sys::Datum) {
                     pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
                 };
                 warning!("{BACKEND_TYPE}: {message}");
-                let released = PgTryBuilder::new(|| transaction(|| store::release_claims(WORKER_CLAIMER)))
+                PgTryBuilder::new(|| transaction(|| store::release_claims(WORKER_CLAIMER)))
                     .catch_others(|_| {
                         unsafe { pg_sys::AbortCurrentTransaction() };
                         0
                     })
                     .execute();
-                let _ = released;
             })
             .execute();
-            let _ = round;
             set_activity("idle");
         }
         if !BackgroundWorker::wait_latch(Some(gucs::naptime())) {

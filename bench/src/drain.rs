@@ -50,7 +50,7 @@ fn wait_drained(b: &mut Bench, contacts: i64) {
         interrupt::check();
         (b.mock_contacts() >= contacts).then_some(())
     });
-    wait_for_every(limit, POLL, "an empty etlify.queue", || {
+    wait_for_every(limit, POLL, "nothing pending", || {
         interrupt::check();
         (b.queued() == 0).then_some(())
     });
@@ -84,7 +84,7 @@ pub fn first(b: &mut Bench, rows: i64, stats: bool) -> Drain {
          watch => '{email,first_name,last_name}')",
     );
     assert_eq!(b.queued(), rows, "the backfill should enqueue every row");
-    b.exec("VACUUM ANALYZE users, users_plain, etlify.queue");
+    b.exec("VACUUM ANALYZE users, users_plain, etlify.queue, etlify.changes");
     interrupt::sleep(Duration::from_millis(300));
     assert_eq!(
         b.mock_requests(),
@@ -130,7 +130,7 @@ pub fn unchanged(b: &mut Bench, rows: i64) -> Redrain {
     let before = b.mock_requests();
     let start = Instant::now();
     b.set_worker(true);
-    wait_for_every(deadline(rows), POLL, "an empty etlify.queue", || {
+    wait_for_every(deadline(rows), POLL, "nothing pending", || {
         interrupt::check();
         (b.queued() == 0).then_some(())
     });

@@ -126,9 +126,10 @@ impl Bench {
             .unwrap_or_else(|e| panic!("fill {table}: {}", error_text(&e)));
     }
 
-    /// Records waiting in the queue (pending, failed or in flight): 0 when drained.
+    /// Records waiting (pending, failed or in flight, including writers' change rows
+    /// not absorbed yet): 0 when drained.
     pub fn queued(&mut self) -> i64 {
-        self.count("SELECT count(*) FROM etlify.queue")
+        self.count("SELECT count(*) FROM etlify._pending")
     }
 
     pub fn mock_contacts(&self) -> i64 {

@@ -48,7 +48,7 @@ fn order(round: usize) -> [&'static str; 2] {
 /// (so no checkpoint's writes land in the middle of one side only).
 fn prepare(b: &mut Bench, table: &str) {
     interrupt::check();
-    b.exec("TRUNCATE etlify.queue");
+    b.exec("TRUNCATE etlify.queue, etlify.changes");
     b.exec(&format!("VACUUM {table}"));
     b.exec("CHECKPOINT");
 }
@@ -57,7 +57,7 @@ fn prepare(b: &mut Bench, table: &str) {
 pub fn setup(b: &mut Bench, rows: i64) {
     b.set_worker(false);
     b.exec(&format!("DELETE FROM {MAPPED} WHERE id > {rows}"));
-    b.exec("TRUNCATE etlify.queue");
+    b.exec("TRUNCATE etlify.queue, etlify.changes");
     b.exec(&format!("VACUUM FULL ANALYZE {MAPPED}, {PLAIN}"));
     let (m, p) = (
         b.count(&format!("SELECT count(*) FROM {MAPPED}")),
@@ -112,7 +112,7 @@ pub fn bulk(b: &mut Bench, rounds: usize) -> (AB, i64) {
             }
         }
     }
-    b.exec("TRUNCATE etlify.queue");
+    b.exec("TRUNCATE etlify.queue, etlify.changes");
     (ab, enqueued)
 }
 

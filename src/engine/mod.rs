@@ -20,6 +20,9 @@ use store::Work;
 /// leaves them behind, and the next worker releases them at start.
 pub const WORKER_CLAIMER: &str = "worker";
 
+/// Change rows (statements) absorbed per transaction.
+const ABSORB_ROWS: usize = 1000;
+
 /// Delay before retrying records the CRM could not take, when it gave no hint.
 const DEFAULT_RETRY: Duration = Duration::from_secs(1);
 
@@ -134,6 +137,12 @@ impl Engine {
         let mut counts = Counts::default();
         let mut budget = max_records.unwrap_or(usize::MAX);
         loop {
+            // writers' change rows first, in bounded transactions
+            while host.step(|| store::absorb(ABSORB_ROWS)) >= ABSORB_ROWS as i64 {
+                if stop() {
+                    return counts;
+                }
+            }
             let work = host.step(|| store::work(crm));
             let mut claimed_any = false;
             for w in &work {
@@ -249,6 +258,13 @@ impl Engine {
             Err(e) => {
                 // a registration the adapter cannot use: the CRM's fault, not the records'
                 let error = format!("CRM \"{}\" cannot be used: {e}", w.crm);
+                logs.push(json!({
+                    "operation": "configure",
+                    "records": p.upserts.len() + p.deletes.len(),
+                    "http_status": null,
+                    "duration_ms": 0.0,
+                    "error": error,
+                }));
                 for u in &p.upserts {
                     results.push(retry(&u.item.key, u.seq, &error, Duration::from_secs(60)));
                 }
@@ -259,6 +275,10 @@ impl Engine {
             }
         };
         let batch = crm.adapter.max_batch_size().max(1);
+        // CRM ids that upserts of this batch landed on. Upserts go first: when a
+        // primary key changed, the new key's upsert (by id_property) finds the old
+        // key's object, and the old key's delete must then leave it alone.
+        let mut claimed_ids = std::collections::HashSet::new();
 
         for chunk in p.upserts.chunks(batch) {
             if let Some(reason) = hold(crm, stop) {
@@ -274,16 +294,29 @@ impl Engine {
             let by_key = absorb(crm, &report, &mut logs);
             for u in chunk {
                 results.push(match by_key.get(u.item.key.as_str()) {
-                    Some(Outcome::Synced { crm_id }) => Resolved {
-                        crm_id: Some(crm_id.clone()),
-                        digest: Some(u.digest),
-                        ..resolved(&u.item.key, u.seq, Verdict::Synced)
-                    },
+                    Some(Outcome::Synced { crm_id }) => {
+                        claimed_ids.insert(crm_id.clone());
+                        Resolved {
+                            crm_id: Some(crm_id.clone()),
+                            digest: Some(u.digest),
+                            ..resolved(&u.item.key, u.seq, Verdict::Synced)
+                        }
+                    }
                     other => settle(&u.item.key, u.seq, other, &report),
                 });
             }
         }
-        for chunk in p.deletes.chunks(batch) {
+        let (kept, handed_over): (Vec<_>, Vec<_>) = p
+            .deletes
+            .into_iter()
+            .partition(|d| !claimed_ids.contains(&d.item.crm_id));
+        // the object now belongs to another key: this key no longer has one
+        results.extend(
+            handed_over
+                .iter()
+                .map(|d| resolved(&d.item.key, d.seq, Verdict::Deleted)),
+        );
+        for chunk in kept.chunks(batch) {
             if let Some(reason) = hold(crm, stop) {
                 results.extend(
                     chunk

@@ -141,6 +141,21 @@ pub fn log(crm: &str, source: pg_sys::Oid, entries: Vec<Value>) {
     })
 }
 
+/// Moves writers' change rows into the keyed queue; returns how many rows moved.
+pub fn absorb(limit: usize) -> i64 {
+    Spi::connect_mut(|client| {
+        client
+            .update(
+                "SELECT etlify._absorb($1)",
+                None,
+                &[(limit.min(i32::MAX as usize) as i32).into()],
+            )
+            .and_then(|t| t.first().get_one::<i64>())
+            .unwrap_or_else(|e| spi_err("absorbing changes", e))
+            .unwrap_or(0)
+    })
+}
+
 pub fn release_claims(claimer: &str) -> i64 {
     Spi::connect_mut(|client| {
         client

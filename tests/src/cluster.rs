@@ -66,7 +66,7 @@ impl Cluster {
         let mut conf = String::from("\n# --- etlify-e2e harness ---\n");
         conf += "listen_addresses = '127.0.0.1'\n";
         conf += &format!("unix_socket_directories = '{}'\n", dir.display());
-        conf += "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n";
+        conf += "fsync = off\nfull_page_writes = off\n";
         conf += "shared_buffers = '32MB'\nmax_connections = 40\n";
         conf += "log_line_prefix = '%m [%p] %b: '\nlog_min_messages = info\n";
         conf += "lc_messages = 'C'\n";
@@ -226,6 +226,33 @@ impl Cluster {
         .collect()
     }
 
+    /// Kills the etlify worker with `signal` (by its PID). For SIGKILL, the postmaster
+    /// then resets every backend (crash recovery): this waits until it has done so and
+    /// a new worker runs, so that connections made afterwards survive. Returns the old
+    /// and the new worker PID.
+    pub fn kill_worker(&self, signal: i32) -> (i32, i32) {
+        const RESET: &str = "all server processes terminated; reinitializing";
+        let resets = self.log().matches(RESET).count();
+        let old = self.wait_worker_pid();
+        assert_eq!(
+            unsafe { libc::kill(old, signal) },
+            0,
+            "kill({old}, {signal}): {}",
+            std::io::Error::last_os_error()
+        );
+        if signal == libc::SIGKILL {
+            crate::wait_for(
+                Duration::from_secs(30),
+                "the postmaster's crash reset",
+                || (self.log().matches(RESET).count() > resets).then_some(()),
+            );
+        }
+        let new = crate::wait_for(Duration::from_secs(30), "a new etlify worker", || {
+            self.worker_pid().filter(|p| *p != old)
+        });
+        (old, new)
+    }
+
     /// Waits until an etlify worker shows up in `pg_stat_activity`.
     pub fn wait_worker_pid(&self) -> i32 {
         crate::wait_for(
@@ -295,8 +322,18 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if thread::panicking() {
-            let log = self.log();
+        // Stop and clean up first, print last: printing may fail (a closed pipe) and
+        // must not leave a server or a directory behind.
+        self.stop();
+        let log = if thread::panicking() {
+            Some(self.log())
+        } else {
+            None
+        };
+        if std::env::var_os("ETLIFY_E2E_KEEP").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+        if let Some(log) = log {
             let lines: Vec<&str> = log.lines().collect();
             let from = lines.len().saturating_sub(300);
             eprintln!(
@@ -305,10 +342,6 @@ impl Drop for Cluster {
                 lines.len() - from,
                 lines[from..].join("\n")
             );
-        }
-        self.stop();
-        if std::env::var_os("ETLIFY_E2E_KEEP").is_none() {
-            let _ = fs::remove_dir_all(&self.dir);
         }
     }
 }

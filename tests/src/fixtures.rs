@@ -29,11 +29,20 @@ pub fn email(i: i64) -> String {
     format!("user{i}@example.com")
 }
 
-/// `etlify.register_crm(name, 'hubspot', config => {"base_url": mock}, ...opts)`;
-/// `opts` is appended to the argument list, e.g. `", max_sync_errors => 2"`.
+/// The access token [`crate::Env`] starts the mock with and registers CRMs with.
+pub const TOKEN: &str = "e2e-token";
+
+/// `etlify.register_crm(name, 'hubspot', config => {"base_url": mock}, secret =>
+/// TOKEN, ...opts)`; `opts` is appended to the argument list, e.g.
+/// `", max_sync_errors => 2"` (when it names a `secret`, that one is used instead).
 pub fn register_crm(db: &mut Client, name: &str, mock: &Mock, opts: &str) {
+    let secret = if opts.contains("secret") {
+        String::new()
+    } else {
+        format!(", secret => '{TOKEN}'")
+    };
     let sql = format!(
-        "SELECT etlify.register_crm($1, 'hubspot', config => jsonb_build_object('base_url', $2::text){opts})"
+        "SELECT etlify.register_crm($1, 'hubspot', config => jsonb_build_object('base_url', $2::text){secret}{opts})"
     );
     db.execute(&sql, &[&name, &mock.url()])
         .unwrap_or_else(|e| panic!("register_crm {name}: {}", error_text(&e)));

@@ -14,7 +14,7 @@ pub mod wait;
 
 pub use cluster::Cluster;
 pub use mock::Mock;
-pub use wait::{wait_for, wait_for_default, DEFAULT_TIMEOUT};
+pub use wait::{wait_for, wait_for_default, wait_for_every, DEFAULT_TIMEOUT};
 
 /// `Cluster` + `Mock` + a superuser connection with the extension created and the
 /// mock registered as CRM `hubspot` (adapter `hubspot`). The most common starting
@@ -26,11 +26,11 @@ pub struct Env {
 }
 
 impl Env {
-    /// Preloaded cluster (plus `extra_conf`), a mock without arguments, `CREATE
+    /// Preloaded cluster (plus `extra_conf`), a mock that wants [`fixtures::TOKEN`], `CREATE
     /// EXTENSION etlify`, the `users` fixture and `hubspot` registered with
     /// `register_opts` appended to the `register_crm` call (e.g. `", max_sync_errors => 2"`).
     pub fn start(extra_conf: &str, register_opts: &str) -> Env {
-        let mock = Mock::start(&[]);
+        let mock = Mock::start(&["--token", fixtures::TOKEN]);
         let cluster = Cluster::start(extra_conf);
         Self::finish(cluster, mock, register_opts)
     }
@@ -38,7 +38,7 @@ impl Env {
     /// Like [`Env::start`] but without `shared_preload_libraries`: no worker runs,
     /// `etlify.drain()` / `etlify.sync()` do the work inline.
     pub fn start_without_worker(extra_conf: &str, register_opts: &str) -> Env {
-        let mock = Mock::start(&[]);
+        let mock = Mock::start(&["--token", fixtures::TOKEN]);
         let cluster = Cluster::start_without_preload(extra_conf);
         Self::finish(cluster, mock, register_opts)
     }

@@ -1,6 +1,7 @@
 //! The mock CRM (`etlify-mock`) as a child process, with its admin API.
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -51,6 +52,15 @@ impl Mock {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // If this process dies without running Drop (killed test run, Ctrl-C in the
+        // demo), the kernel kills the mock too. Note: the signal fires when the *thread*
+        // that spawned the mock exits, so keep a Mock on the thread that started it.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
@@ -196,6 +206,18 @@ impl Mock {
         }
     }
 
+    /// Completed requests with `seq > since` (`GET /__mock/requests?since=SEQ`): cheaper
+    /// than [`Mock::requests`] when polling for the next request of a long run.
+    pub fn requests_since(&self, since: u64) -> Vec<Value> {
+        match self.get(&format!("/__mock/requests?since={since}")) {
+            Value::Object(mut m) => match m.remove("requests") {
+                Some(Value::Array(a)) => a,
+                other => panic!("/__mock/requests: no requests array: {other:?}"),
+            },
+            other => panic!("/__mock/requests: unexpected {other}"),
+        }
+    }
+
     /// Requests to the CRM API (paths under `/crm/`), in arrival order.
     pub fn crm_requests(&self) -> Vec<Value> {
         let mut r: Vec<Value> = self
@@ -265,35 +287,43 @@ fn results(v: Value) -> Vec<Value> {
 
 impl Drop for Mock {
     fn drop(&mut self) {
-        if thread::panicking() {
-            // best effort: the last requests the mock saw (must not panic here)
-            let summary = match self.try_get("/__mock/requests") {
+        // best effort: the last requests the mock saw (must not panic here)
+        let summary = if thread::panicking() {
+            Some(match self.try_get("/__mock/requests") {
                 Ok(v) => {
                     let reqs = v["requests"].as_array().cloned().unwrap_or_default();
                     let from = reqs.len().saturating_sub(40);
                     reqs[from..]
                         .iter()
                         .map(|r| {
-                            let inputs: String =
-                                r["inputs"].to_string().chars().take(300).collect();
                             format!(
-                                "#{} {} {} -> {} inputs={inputs}",
-                                r["seq"], r["method"], r["path"], r["status"]
+                                "#{} {} {} -> {} inputs={} received_at_us={}",
+                                r["seq"],
+                                r["method"],
+                                r["path"],
+                                r["status"],
+                                r["inputs"],
+                                r["received_at_us"]
                             )
                         })
                         .collect::<Vec<_>>()
                         .join("\n")
                 }
                 Err(e) => format!("(could not fetch the request log: {e})"),
-            };
+            })
+        } else {
+            None
+        };
+        // Kill before printing: printing may fail and must not leave the mock behind.
+        // Child::kill sends SIGKILL to this child's PID only.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(summary) = summary {
             eprintln!(
                 "--- mock {} requests (last 40) ---\n{summary}\n--- mock stderr ---\n{}\n--- end of mock ---",
                 self.url,
                 self.stderr()
             );
         }
-        // Child::kill sends SIGKILL to this child's PID only.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

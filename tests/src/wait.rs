@@ -8,7 +8,23 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Calls `f` every 10 ms until it returns `Some`, and returns that value. Panics
 /// after `timeout` with a message naming `what` was awaited.
-pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_for_every(timeout, Duration::from_millis(10), what, f)
+}
+
+/// [`wait_for`] with [`DEFAULT_TIMEOUT`].
+pub fn wait_for_default<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_for(DEFAULT_TIMEOUT, what, f)
+}
+
+/// [`wait_for`] polling every `every` instead of every 10 ms: for waits that must
+/// not load a 2-core machine (long benchmark phases) or must react faster.
+pub fn wait_for_every<T>(
+    timeout: Duration,
+    every: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -17,11 +33,6 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
         if start.elapsed() > timeout {
             panic!("timed out after {timeout:?} waiting for {what}");
         }
-        thread::sleep(Duration::from_millis(10));
+        thread::sleep(every);
     }
-}
-
-/// [`wait_for`] with [`DEFAULT_TIMEOUT`].
-pub fn wait_for_default<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
-    wait_for(DEFAULT_TIMEOUT, what, f)
 }

@@ -57,13 +57,10 @@ fn sigkill_mid_drain_loses_nothing_and_duplicates_nothing() {
             &[],
         )
         .unwrap();
-    let pid = env.cluster.wait_worker_pid();
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-    env.mock.set_faults(json!({}));
-
-    env.db = env.cluster.client(); // the postmaster reset every backend
-    let new_pid = env.cluster.wait_worker_pid();
+    let (pid, new_pid) = env.cluster.kill_worker(libc::SIGKILL);
     assert_ne!(new_pid, pid);
+    env.mock.set_faults(json!({}));
+    env.db = env.cluster.client(); // the postmaster reset every backend
     let by_email = wait_all_synced(&mut env, 50);
     assert_eq!(
         by_email[&email(1)]["properties"]["firstname"],
@@ -92,10 +89,8 @@ fn worker_is_restarted_by_the_postmaster_after_a_crash() {
     assert_eq!(row.get::<_, String>(0), "etlify sync worker");
     assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("postgres"));
 
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-    let new_pid = etlify_e2e::wait_for_default("a new worker", || {
-        env.cluster.worker_pid().filter(|p| *p != pid)
-    });
+    let (old, new_pid) = env.cluster.kill_worker(libc::SIGKILL);
+    assert_eq!(old, pid);
     assert_ne!(new_pid, pid);
     env.db = env.cluster.client();
     insert_users(&mut env.db, [1]);

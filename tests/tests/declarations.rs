@@ -3,7 +3,7 @@
 //! correct declaration made afterwards works normally.
 
 use etlify_e2e::fixtures::{
-    email, error_text, etlify_snapshot, insert_users, json, map_users, register_crm,
+    email, error_text, etlify_snapshot, insert_users, map_users, register_crm, wait_users_state,
 };
 use etlify_e2e::Env;
 
@@ -49,9 +49,9 @@ fn assert_rejected(env: &mut Env, sql: &str, culprits: &[&[&str]]) {
 fn assert_correct_declaration_works(env: &mut Env) {
     map_users(&mut env.db, "");
     insert_users(&mut env.db, [1]);
-    let r = json(&mut env.db, "etlify.drain()");
-    assert_eq!(r["synced"], serde_json::json!(1), "{r}");
+    wait_users_state(&mut env.db, &[1], "synced");
     assert!(env.mock.find("contacts", "email", &email(1)).is_some());
+    assert_eq!(env.mock.crm_inputs(), 1);
 }
 
 const SYNC: &str =
@@ -59,7 +59,7 @@ const SYNC: &str =
 
 #[test]
 fn table_without_primary_key_is_rejected() {
-    let mut env = Env::start_without_worker("", "");
+    let mut env = Env::start("", "");
     env.db
         .batch_execute(
             "CREATE TABLE no_pk_people (id int, email text);
@@ -78,7 +78,7 @@ fn table_without_primary_key_is_rejected() {
 
 #[test]
 fn serializer_of_the_wrong_signature_is_rejected() {
-    let mut env = Env::start_without_worker("", "");
+    let mut env = Env::start("", "");
     env.db
         .batch_execute(
             "CREATE TABLE other (id int PRIMARY KEY);
@@ -103,15 +103,15 @@ fn serializer_of_the_wrong_signature_is_rejected() {
             &[&[f]],
         );
     }
-    // drain the backfill of the correct declaration: user 1
+    // the correct declaration backfills user 1
     map_users(&mut env.db, "");
-    let r = json(&mut env.db, "etlify.drain()");
-    assert_eq!(r["synced"], serde_json::json!(1), "{r}");
+    wait_users_state(&mut env.db, &[1], "synced");
+    assert_eq!(env.mock.crm_inputs(), 1);
 }
 
 #[test]
 fn unknown_crm_is_rejected() {
-    let mut env = Env::start_without_worker("", "");
+    let mut env = Env::start("", "");
     assert_rejected(
         &mut env,
         "SELECT etlify.sync_table('no_such_crm', 'users', 'contacts', 'email', 'user_payload')",
@@ -122,7 +122,7 @@ fn unknown_crm_is_rejected() {
 
 #[test]
 fn unknown_adapter_is_rejected_and_the_registration_left_as_it_was() {
-    let mut env = Env::start_without_worker("", "");
+    let mut env = Env::start("", "");
     assert_rejected(
         &mut env,
         "SELECT etlify.register_crm('newcrm', 'frobnicator')",
@@ -145,7 +145,7 @@ fn unknown_adapter_is_rejected_and_the_registration_left_as_it_was() {
 
 #[test]
 fn unknown_column_is_rejected() {
-    let mut env = Env::start_without_worker("", "");
+    let mut env = Env::start("", "");
     assert_rejected(
         &mut env,
         &format!("{SYNC}, watch => ARRAY['email', 'no_such_column'])"),
@@ -161,7 +161,7 @@ fn unknown_column_is_rejected() {
 
 #[test]
 fn sync_if_that_does_not_parse_is_rejected() {
-    let mut env = Env::start_without_worker("", "");
+    let mut env = Env::start("", "");
     for predicate in ["active AND AND", "active = ", "(active"] {
         assert_rejected(
             &mut env,
@@ -174,13 +174,12 @@ fn sync_if_that_does_not_parse_is_rejected() {
 
 #[test]
 fn duplicate_mapping_is_rejected() {
-    let mut env = Env::start_without_worker("", "");
+    let mut env = Env::start("", "");
     map_users(&mut env.db, "");
     assert_rejected(&mut env, &format!("{SYNC})"), &[&["users"], &["hubspot"]]);
     // the first mapping still works, once: one record, one request
     insert_users(&mut env.db, [1]);
-    let r = json(&mut env.db, "etlify.drain()");
-    assert_eq!(r["synced"], serde_json::json!(1), "{r}");
+    wait_users_state(&mut env.db, &[1], "synced");
     assert_eq!(env.mock.crm_requests().len(), 1);
     assert_eq!(env.mock.crm_inputs(), 1);
     // a second CRM may mirror the same table

@@ -216,3 +216,59 @@ fn rate_limit_spreads_requests() {
         assert!(in_window <= 8, "{in_window} requests within 1 s from #{i}");
     }
 }
+
+#[test]
+fn partial_failure_is_blamed_on_the_right_record() {
+    // the worker starts idle, so that all changes below make one batch
+    let mut env = Env::start("etlify.enabled = off", ", max_sync_errors => 1");
+    env.mock
+        .set_faults(json!({ "fail_ids": { email(4): "rejected four" } }));
+    map_users(&mut env.db, ", sync_if => 'active'");
+    // a skipped row (2, changed last) and a refused one (4) among sent ones
+    insert_users(&mut env.db, 1..=5);
+    env.db
+        .execute("UPDATE users SET active = false WHERE id = 2", &[])
+        .unwrap();
+    env.db
+        .batch_execute("ALTER SYSTEM SET etlify.enabled = on")
+        .unwrap();
+    env.db.batch_execute("SELECT pg_reload_conf()").unwrap();
+    wait_for_default("nothing pending", || {
+        (etlify_e2e::fixtures::pending_count(&mut env.db, "hubspot") == 0).then_some(())
+    });
+    let st = etlify_e2e::fixtures::statuses(&mut env.db, "hubspot", "users");
+    let states: Vec<(&str, &str)> = st
+        .iter()
+        .map(|(k, s)| (k.as_str(), s.state.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("1", "synced"),
+            ("2", "skipped"),
+            ("3", "synced"),
+            ("4", "parked"),
+            ("5", "synced")
+        ],
+        "{st:#?}"
+    );
+    for i in [1, 3, 5] {
+        let c = env.mock.find("contacts", "email", &email(i)).expect("sent");
+        assert_eq!(
+            st[&i.to_string()].crm_id,
+            etlify_e2e::mock::id_of(&c),
+            "user {i}: {st:#?}"
+        );
+        assert_eq!(st[&i.to_string()].last_error, None);
+    }
+    assert!(st["2"].crm_id.is_none(), "{st:#?}");
+    assert!(
+        st["4"]
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("rejected four"),
+        "{st:#?}"
+    );
+    assert_eq!(env.mock.objects("contacts").len(), 3);
+}

@@ -57,15 +57,13 @@ fn delete(env: &mut Env, key: &str) -> String {
 }
 
 #[test]
-fn drain_results_without_a_worker() {
-    let mut env = Env::start_without_worker("", "");
+fn drain_results_inline() {
+    // the worker idles (etlify.enabled = off): etlify.drain() does its job inline
+    let mut env = Env::start("etlify.enabled = off", "");
     insert_users(&mut env.db, 1..=2);
     map_users(&mut env.db, ""); // backfill: the existing rows are enqueued
     assert_eq!(pending_count(&mut env.db, "hubspot"), 2);
-    assert!(
-        env.mock.crm_requests().is_empty(),
-        "nothing runs without the worker"
-    );
+    assert!(env.mock.crm_requests().is_empty(), "the worker idles");
 
     assert_counts(&json(&mut env.db, "etlify.drain()"), &[("synced", 2)]);
     assert_eq!(env.mock.objects("contacts").len(), 2);
@@ -115,9 +113,36 @@ fn drain_results_without_a_worker() {
     assert_eq!(user_status(&mut env.db, 5).unwrap().state, "deleted");
 }
 
+/// "Without the preload the extension still installs and records changes;
+/// etlify.drain() does the worker's job inline."
 #[test]
-fn sync_delete_and_enqueue_results_without_a_worker() {
+fn extension_works_without_the_preload() {
     let mut env = Env::start_without_worker("", "");
+    map_users(&mut env.db, "");
+    insert_users(&mut env.db, 1..=2);
+    assert_eq!(
+        pending_count(&mut env.db, "hubspot"),
+        2,
+        "changes are recorded"
+    );
+    assert!(env.cluster.worker_pid().is_none());
+    assert_counts(&json(&mut env.db, "etlify.drain()"), &[("synced", 2)]);
+    assert_eq!(env.mock.objects("contacts").len(), 2);
+    wait_users_state(&mut env.db, &[1, 2], "synced");
+    env.db
+        .execute("UPDATE users SET first_name = 'Inline' WHERE id = 1", &[])
+        .unwrap();
+    assert_eq!(sync(&mut env, "1"), "synced");
+    assert_eq!(
+        env.mock.find("contacts", "email", &email(1)).unwrap()["properties"]["firstname"],
+        "Inline"
+    );
+}
+
+#[test]
+fn sync_delete_and_enqueue_results_inline() {
+    // the worker idles (etlify.enabled = off): sync/delete/drain run inline
+    let mut env = Env::start("etlify.enabled = off", "");
     map_users(&mut env.db, "");
     insert_users(&mut env.db, [1]);
 
@@ -214,7 +239,7 @@ fn sync_and_delete_wait_for_the_worker() {
 
 #[test]
 fn disabled_crm_sends_nothing_inline() {
-    let mut env = Env::start_without_worker("", ", enabled => false");
+    let mut env = Env::start("etlify.enabled = off", ", enabled => false");
     map_users(&mut env.db, "");
     insert_users(&mut env.db, 1..=2);
     assert_counts(&json(&mut env.db, "etlify.drain()"), &[("disabled", 2)]);
@@ -271,33 +296,64 @@ fn disabled_crm_sends_nothing_through_the_worker() {
 fn sync_if_false_is_skipped() {
     let mut env = Env::start("", "");
     map_users(&mut env.db, ", sync_if => 'active'");
+    // one statement, one batch: skipped rows between sent ones
     env.db
         .batch_execute(
             "INSERT INTO users (id, email, first_name, active) VALUES
-               (1, 'user1@example.com', 'On', true), (2, 'user2@example.com', 'Off', false)",
+               (1, 'user1@example.com', 'Off1', false), (2, 'user2@example.com', 'On2', true),
+               (3, 'user3@example.com', 'Off3', false), (4, 'user4@example.com', 'On4', true)",
         )
         .unwrap();
-    wait_users_state(&mut env.db, &[1], "synced");
-    wait_users_state(&mut env.db, &[2], "skipped");
+    wait_for_default("nothing pending", || {
+        (pending_count(&mut env.db, "hubspot") == 0).then_some(())
+    });
+    let st = statuses(&mut env.db, "hubspot", "users");
+    let states: Vec<(&str, &str)> = st
+        .iter()
+        .map(|(k, s)| (k.as_str(), s.state.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("1", "skipped"),
+            ("2", "synced"),
+            ("3", "skipped"),
+            ("4", "synced")
+        ],
+        "{st:#?}"
+    );
     let contacts = env.mock.objects("contacts");
-    assert_eq!(contacts.len(), 1, "{contacts:?}");
-    assert_eq!(env.mock.crm_inputs(), 1, "the skipped row was never sent");
-    assert_eq!(sync(&mut env, "2"), "skipped");
-    assert_eq!(env.mock.crm_inputs(), 1);
+    assert_eq!(contacts.len(), 2, "{contacts:?}");
+    for i in [2, 4] {
+        let c = env.mock.find("contacts", "email", &email(i)).expect("sent");
+        assert_eq!(
+            st[&i.to_string()].crm_id,
+            id_of(&c),
+            "user {i}'s crm_id: {st:#?}"
+        );
+    }
+    assert!(
+        st["1"].crm_id.is_none() && st["3"].crm_id.is_none(),
+        "{st:#?}"
+    );
+    assert_eq!(env.mock.crm_inputs(), 2, "the skipped rows were never sent");
+    assert_eq!(sync(&mut env, "1"), "skipped");
+    assert_eq!(env.mock.crm_inputs(), 2);
     let o = overview(&mut env.db, "hubspot", "users");
     assert_eq!(
         (o["synced"].clone(), o["skipped"].clone()),
-        (json!(1), json!(1)),
+        (json!(2), json!(2)),
         "{o}"
     );
 
     env.db
-        .execute("UPDATE users SET active = true WHERE id = 2", &[])
+        .execute("UPDATE users SET active = true WHERE id = 1", &[])
         .unwrap();
-    wait_for_default("user 2 in the CRM", || {
-        env.mock.find("contacts", "email", &email(2))
+    let c = wait_for_default("user 1 in the CRM", || {
+        env.mock.find("contacts", "email", &email(1))
     });
-    wait_users_state(&mut env.db, &[2], "synced");
+    let s = wait_users_state(&mut env.db, &[1], "synced");
+    assert_eq!(s["1"].crm_id, id_of(&c));
 }
 
 #[test]
@@ -382,28 +438,31 @@ fn enabled_off_records_changes_and_on_sends_them() {
     assert_eq!(pending_count(&mut env.db, "hubspot"), 3);
 
     env.db
-        .batch_execute("ALTER SYSTEM SET etlify.enabled = on; SELECT pg_reload_conf();")
+        .batch_execute("ALTER SYSTEM SET etlify.enabled = on")
         .unwrap();
+    env.db.batch_execute("SELECT pg_reload_conf()").unwrap();
     wait_users_state(&mut env.db, &[1, 2, 3], "synced");
     assert_eq!(env.mock.objects("contacts").len(), 3);
 }
 
-/// A change committed with two-phase commit does not wake the worker (no backend
-/// with a commit callback commits it), so only the naptime brings it: this shows
-/// which naptime the worker uses.
+/// A change committed with two-phase commit, `COMMIT PREPARED` coming from another
+/// session, does not wake the worker (the session that committed registered no commit
+/// callback), so only the naptime brings it: this shows which naptime the worker uses.
 #[test]
 fn sighup_reloads_naptime() {
     let mut env = Env::start("etlify.naptime = '1h'\nmax_prepared_transactions = 4", "");
     map_users(&mut env.db, "");
     insert_users(&mut env.db, [1]);
     wait_users_state(&mut env.db, &[1], "synced"); // the worker is up and idle
+    let mut other = env.cluster.client();
 
-    let prepared_insert = |db: &mut postgres::Client, id: i64, gid: &str| {
+    let mut prepared_insert = |db: &mut postgres::Client, id: i64, gid: &str| {
         db.batch_execute("BEGIN").unwrap();
         insert_users(db, [id]);
         db.batch_execute(&format!("PREPARE TRANSACTION '{gid}'"))
             .unwrap();
-        db.batch_execute(&format!("COMMIT PREPARED '{gid}'"))
+        other
+            .batch_execute(&format!("COMMIT PREPARED '{gid}'"))
             .unwrap();
     };
 
@@ -433,4 +492,87 @@ fn sighup_reloads_naptime() {
                 .contains("parameter \"etlify.naptime\" changed"),
         "the server reloaded its configuration"
     );
+}
+
+#[test]
+fn registering_a_crm_again_updates_the_registration() {
+    let mut env = Env::start("", "");
+    map_users(&mut env.db, "");
+    insert_users(&mut env.db, [1]);
+    wait_users_state(&mut env.db, &[1], "synced");
+
+    // same name again, another endpoint
+    let second = etlify_e2e::Mock::start(&["--token", etlify_e2e::fixtures::TOKEN]);
+    register_crm(&mut env.db, "hubspot", &second, "");
+    let crms: i64 = env
+        .db
+        .query_one(
+            "SELECT count(*) FROM etlify.overview WHERE crm = 'hubspot'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(crms, 1, "still one mapping of one CRM");
+    insert_users(&mut env.db, [2]);
+    wait_users_state(&mut env.db, &[2], "synced");
+    assert!(
+        second.find("contacts", "email", &email(2)).is_some(),
+        "sent to the new endpoint"
+    );
+    assert!(env.mock.find("contacts", "email", &email(2)).is_none());
+    assert_eq!(
+        env.mock.crm_inputs(),
+        1,
+        "the old endpoint got nothing more"
+    );
+}
+
+#[test]
+fn crm_id_gives_serializers_the_crm_id_of_another_record() {
+    let mut env = Env::start("", "");
+    // 'public.companies', qualified: etlify runs serializers with its own search_path
+    // (pg_catalog, pg_temp), where an unqualified 'companies' does not resolve.
+    env.db
+        .batch_execute(
+            "CREATE TABLE companies (id int PRIMARY KEY, domain text NOT NULL, name text);
+             CREATE FUNCTION company_payload(c companies) RETURNS jsonb LANGUAGE sql STABLE AS $$
+                 SELECT jsonb_build_object('domain', c.domain, 'name', c.name) $$;
+             ALTER TABLE users ADD COLUMN company_id int REFERENCES companies;
+             CREATE FUNCTION contact_with_company(u users) RETURNS jsonb LANGUAGE sql STABLE AS $$
+                 SELECT jsonb_build_object('email', u.email, 'firstname', u.first_name,
+                     'company_crm_id', etlify.crm_id('hubspot', 'public.companies', u.company_id::text)) $$;
+             SELECT etlify.sync_table('hubspot', 'companies', 'companies', 'domain', 'company_payload');
+             SELECT etlify.sync_table('hubspot', 'users', 'contacts', 'email', 'contact_with_company');
+             INSERT INTO companies VALUES (7, 'acme.example', 'Acme');",
+        )
+        .unwrap();
+    let st = wait_for_default("company 7 synced", || {
+        etlify_e2e::fixtures::status_of(&mut env.db, "hubspot", "companies", "7")
+            .filter(|s| s.state == "synced")
+    });
+    let company_id = st.crm_id.expect("company crm_id");
+    let company = env
+        .mock
+        .find("companies", "domain", "acme.example")
+        .expect("company sent");
+    assert_eq!(id_of(&company).as_deref(), Some(company_id.as_str()));
+    assert_eq!(
+        scalar(&mut env.db, "etlify.crm_id('hubspot', 'companies', '7')").as_deref(),
+        Some(company_id.as_str())
+    );
+    assert_eq!(
+        scalar(&mut env.db, "etlify.crm_id('hubspot', 'companies', '8')"),
+        None
+    );
+
+    env.db
+        .execute(
+            "INSERT INTO users (id, email, first_name, company_id) VALUES (1, 'user1@example.com', 'One', 7)",
+            &[],
+        )
+        .unwrap();
+    let c = wait_for_default("contact 1", || {
+        env.mock.find("contacts", "email", &email(1))
+    });
+    assert_eq!(c["properties"]["company_crm_id"], json!(company_id));
 }

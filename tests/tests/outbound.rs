@@ -155,7 +155,7 @@ fn watched_columns_decide_what_marks_a_record_dirty() {
         .batch_execute(
             "CREATE FUNCTION user_with_note(u users) RETURNS jsonb LANGUAGE sql STABLE AS $$
                  SELECT jsonb_build_object('email', u.email, 'firstname', u.first_name,
-                                           'note', coalesce(u.note, ''))
+                                           'note', coalesce(u.note, 'none'))
              $$;
              SELECT etlify.sync_table('hubspot', 'users', 'contacts', 'email', 'user_with_note',
                                       watch => ARRAY['email', 'first_name']);",
@@ -185,7 +185,7 @@ fn watched_columns_decide_what_marks_a_record_dirty() {
         "user 1 was not sent"
     );
     let c1 = env.mock.find("contacts", "email", &email(1)).unwrap();
-    assert_eq!(prop(&c1, "note"), Some(""), "unwatched change not sent");
+    assert_eq!(prop(&c1, "note"), Some("none"), "unwatched change not sent");
 
     // a watched change sends the whole current payload, note included
     env.db

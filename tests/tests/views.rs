@@ -23,7 +23,7 @@ fn columns(db: &mut postgres::Client, view: &str) -> Vec<String> {
 
 #[test]
 fn views_have_the_contract_columns() {
-    let mut env = Env::start_without_worker("", "");
+    let mut env = Env::start("", "");
     assert_eq!(
         columns(&mut env.db, "etlify.sync_status"),
         [
@@ -76,7 +76,8 @@ fn views_have_the_contract_columns() {
 
 #[test]
 fn sync_status_overview_and_sync_log_show_every_state() {
-    let mut env = Env::start_without_worker("", ", max_sync_errors => 2");
+    // the worker idles (etlify.enabled = off): etlify.drain() decides when things are sent
+    let mut env = Env::start("etlify.enabled = off", ", max_sync_errors => 2");
     map_users(&mut env.db, ", sync_if => 'active'");
     insert_users(&mut env.db, 1..=6);
     env.db
@@ -100,7 +101,12 @@ fn sync_status_overview_and_sync_log_show_every_state() {
         "{r}"
     );
     let s4 = user_status(&mut env.db, 4).unwrap();
-    assert_eq!((s4.state.as_str(), s4.error_count), ("failed", 1), "{s4:?}");
+    assert_eq!(
+        (s4.state.as_str(), s4.error_count),
+        ("failed", 1),
+        "{:#?}",
+        etlify_e2e::fixtures::statuses(&mut env.db, "hubspot", "users")
+    );
     assert!(
         s4.next_attempt_at.is_some(),
         "a failed record has a next attempt: {s4:?}"
