@@ -55,78 +55,6 @@ BEGIN
 END
 $$;
 
--- The change-capture trigger function of one mapping. Statement-level, with
--- transition tables: one row appended to etlify.changes per statement, holding the
--- keys whose watched values changed (none: nothing appended, the worker not woken).
--- jit = off: the plan is cached per session, and one made during a bulk statement
--- would otherwise be JIT-compiled again for every later single-row statement.
-CREATE FUNCTION etlify._capture_function_sql(p_mapping etlify.mappings) RETURNS text
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_fn      text := format('etlify.%I', '_capture_' || p_mapping.id);
-    v_key_n   text := format('n.%I::text', p_mapping.key_column);
-    v_key_o   text := format('o.%I::text', p_mapping.key_column);
-    v_changed text;
-    v_append  text := format(
-        'INSERT INTO etlify.changes (mapping_id, keys) SELECT %s, pg_catalog.array_agg(k) FROM (%%s) AS c(k) HAVING pg_catalog.count(*) > 0',
-        p_mapping.id);
-BEGIN
-    IF p_mapping.watch IS NULL THEN
-        -- every column, including ones added later: compare the rows' text forms,
-        -- which works for every type (json, point, ... have no equality operator)
-        v_changed := 'n::text IS DISTINCT FROM o::text';
-    ELSE
-        SELECT string_agg(
-                 CASE WHEN EXISTS (SELECT 1 FROM pg_opclass oc JOIN pg_am am ON am.oid = oc.opcmethod
-                                    WHERE am.amname = 'btree' AND oc.opcdefault AND oc.opcintype = a.atttypid)
-                      THEN format('n.%1$I IS DISTINCT FROM o.%1$I', a.attname)
-                      ELSE format('n.%1$I::text IS DISTINCT FROM o.%1$I::text', a.attname) END,
-                 ' OR ' ORDER BY a.attnum)
-          INTO v_changed
-          FROM pg_attribute a
-         WHERE a.attrelid = p_mapping.source AND a.attname = ANY (p_mapping.watch)
-           AND a.attnum > 0 AND NOT a.attisdropped;
-    END IF;
-
-    RETURN format($f$
-CREATE OR REPLACE FUNCTION %1$s() RETURNS trigger
-LANGUAGE plpgsql
-SET jit = off
-AS $body$
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        %2$s;
-    ELSIF TG_OP = 'UPDATE' THEN
-        -- FULL JOIN on the key: a key only in new_rows or only in old_rows is a
-        -- primary-key change (insert of the new key, delete of the old one)
-        %3$s;
-    ELSIF TG_OP = 'DELETE' THEN
-        %4$s;
-    ELSE
-        -- TRUNCATE: every record the CRM may hold becomes a delete
-        PERFORM etlify._enqueue_synced(%5$s);
-    END IF;
-    IF FOUND THEN
-        PERFORM etlify._wake();
-    END IF;
-    RETURN NULL;
-END
-$body$;
-$f$,
-        v_fn,
-        format(v_append, format('SELECT %s FROM etlify_new n', v_key_n)),
-        format(v_append, format(
-            'SELECT coalesce(%s, %s) FROM etlify_new n FULL JOIN etlify_old o ON n.%I = o.%I '
-            'WHERE n.%I IS NULL OR o.%I IS NULL OR %s',
-            v_key_n, v_key_o, p_mapping.key_column, p_mapping.key_column,
-            p_mapping.key_column, p_mapping.key_column, v_changed)),
-        format(v_append, format('SELECT %s FROM etlify_old o', v_key_o)),
-        p_mapping.id);
-END
-$$;
-
 -- TRUNCATE of a source: every record with a CRM id is dirty (its row is gone, so
 -- the drain archives it). Security definer: the truncating role cannot read
 -- etlify.records.
@@ -151,28 +79,32 @@ AS $$
     DELETE FROM etlify.mappings WHERE id = p_mapping;
 $$;
 
+-- The capture triggers of one mapping: etlify._capture (src/capture.rs), once per
+-- event, with the mapping id, the key column and the watched columns as arguments
+-- (no watched column: every column). Postgres allows transition tables only on
+-- single-event triggers.
 CREATE FUNCTION etlify._install_capture(p_mapping etlify.mappings) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_fn  text := format('etlify.%I', '_capture_' || p_mapping.id);
-    v_trg text := 'etlify_capture_' || p_mapping.id;
+    v_trg    text := 'etlify_capture_' || p_mapping.id;
+    v_args   text;
     v_suffix text;
 BEGIN
-    EXECUTE etlify._capture_function_sql(p_mapping);
-    -- one trigger per event: Postgres allows transition tables only on single-event triggers
-    EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS etlify_new FOR EACH STATEMENT EXECUTE FUNCTION %s()',
-                   v_trg || '_ins', p_mapping.source, v_fn);
-    EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS etlify_old NEW TABLE AS etlify_new FOR EACH STATEMENT EXECUTE FUNCTION %s()',
-                   v_trg || '_upd', p_mapping.source, v_fn);
-    EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS etlify_old FOR EACH STATEMENT EXECUTE FUNCTION %s()',
-                   v_trg || '_del', p_mapping.source, v_fn);
-    EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s()',
-                   v_trg || '_trunc', p_mapping.source, v_fn);
+    SELECT string_agg(quote_literal(a), ', ')
+      INTO v_args
+      FROM unnest(ARRAY[p_mapping.id::text, p_mapping.key_column::text] || coalesce(p_mapping.watch, '{}')) AS a;
+    EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS etlify_new FOR EACH STATEMENT EXECUTE FUNCTION etlify._capture(%s)',
+                   v_trg || '_ins', p_mapping.source, v_args);
+    EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS etlify_old NEW TABLE AS etlify_new FOR EACH STATEMENT EXECUTE FUNCTION etlify._capture(%s)',
+                   v_trg || '_upd', p_mapping.source, v_args);
+    EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS etlify_old FOR EACH STATEMENT EXECUTE FUNCTION etlify._capture(%s)',
+                   v_trg || '_del', p_mapping.source, v_args);
+    EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION etlify._capture(%s)',
+                   v_trg || '_trunc', p_mapping.source, v_args);
     -- Not extension members (pg_dump must still dump them with the user's table),
     -- but dropped with the extension so that no trigger outlives it.
-    EXECUTE format('ALTER FUNCTION %s() DEPENDS ON EXTENSION etlify', v_fn);
     FOREACH v_suffix IN ARRAY ARRAY['_ins', '_upd', '_del', '_trunc'] LOOP
         EXECUTE format('ALTER TRIGGER %I ON %s DEPENDS ON EXTENSION etlify', v_trg || v_suffix, p_mapping.source);
     END LOOP;
@@ -190,7 +122,6 @@ BEGIN
     FOREACH v_suffix IN ARRAY ARRAY['_ins', '_upd', '_del', '_trunc'] LOOP
         EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', v_trg || v_suffix, p_mapping.source);
     END LOOP;
-    EXECUTE format('DROP FUNCTION IF EXISTS etlify.%I()', '_capture_' || p_mapping.id);
 END
 $$;
 
@@ -333,7 +264,7 @@ BEGIN
     IF coalesce($10, true) THEN
         EXECUTE format(
             'INSERT INTO etlify.queue (mapping_id, key, change_seq) '
-            'SELECT %s, t.%I::text, (SELECT pg_catalog.nextval(''etlify.change_seq'')) FROM %s t',
+            'SELECT %s, pg_catalog.format(''%%s'', t.%I), (SELECT pg_catalog.nextval(''etlify.change_seq'')) FROM %s t',
             v_mapping.id, v_key_col, v_source);
         PERFORM etlify._wake();
     END IF;
@@ -391,7 +322,6 @@ BEGIN
           JOIN pg_event_trigger_dropped_objects() d ON d.objid = m.source::oid
          WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0
     LOOP
-        EXECUTE format('DROP FUNCTION IF EXISTS etlify.%I()', '_capture_' || v_mapping.id);
         PERFORM etlify._forget_mapping(v_mapping.id);
     END LOOP;
 END

@@ -393,8 +393,8 @@ BEGIN
               ORDER BY mm.id LOOP
         EXECUTE format(
             'WITH s AS (INSERT INTO etlify.queue AS q (mapping_id, key, change_seq) '
-            'SELECT %1$s, t.%2$I::text, (SELECT pg_catalog.nextval(''etlify.change_seq'')) FROM %3$s t '
-            'LEFT JOIN etlify.records r ON r.mapping_id = %1$s AND r.key = t.%2$I::text '
+            'SELECT %1$s, pg_catalog.format(''%%s'', t.%2$I), (SELECT pg_catalog.nextval(''etlify.change_seq'')) FROM %3$s t '
+            'LEFT JOIN etlify.records r ON r.mapping_id = %1$s AND r.key = pg_catalog.format(''%%s'', t.%2$I) '
             'WHERE r.key IS NULL OR r.state NOT IN (''synced'', ''skipped'', ''parked'') '
             'ON CONFLICT (mapping_id, key) DO NOTHING RETURNING 1) SELECT count(*) FROM s',
             m.id, m.key_column, m.source) INTO v_n;

@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 use std::sync::atomic::Ordering;
 
 mod api;
+mod capture;
 mod engine;
 mod gucs;
 mod requests;

@@ -23,7 +23,7 @@ thread_local! {
 
 /// Called by the capture triggers and by enqueue-like functions.
 #[pg_extern(volatile, parallel_unsafe)]
-fn _wake() {
+pub fn _wake() {
     if !SHMEM_READY.load(Ordering::Relaxed) || WAKE_REGISTERED.with(|w| w.replace(true)) {
         return;
     }

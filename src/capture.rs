@@ -1,0 +1,273 @@
+//! The change-capture trigger, shared by every mapping.
+//!
+//! `CREATE TRIGGER … AFTER {INSERT|UPDATE|DELETE|TRUNCATE} … FOR EACH STATEMENT
+//! EXECUTE FUNCTION etlify._capture('<mapping id>', '<key column>', '<watched
+//! column>', …)`, with transition tables for the first three. Per statement it
+//! reads the transition tables directly (no SQL), keeps the keys whose watched
+//! values changed, and appends one row to etlify.changes through a kept plan.
+//! Writers pay a few microseconds, not a query plan over the transition tables.
+//!
+//! Columns are named, not numbered, in the trigger's arguments: names survive
+//! pg_dump/restore, attribute numbers do not.
+
+use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
+use pgrx::PgTrigger;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::CStr;
+
+thread_local! {
+    static APPEND: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("etlify: capture trigger {0}")]
+    Setup(String),
+}
+
+/// A column the trigger reads: where it is and how to compare its values.
+struct Column {
+    attno: i32,
+    byval: bool,
+    len: i16,
+}
+
+#[pg_trigger]
+fn _capture<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, CaptureError> {
+    let args = trigger
+        .extra_args()
+        .map_err(|e| CaptureError::Setup(e.to_string()))?;
+    let (mapping_id, key_name, watch) = match args.as_slice() {
+        [m, k, rest @ ..] => (
+            m.parse::<i32>()
+                .map_err(|_| CaptureError::Setup(format!("has a bad mapping id {m:?}")))?,
+            k.as_str(),
+            rest,
+        ),
+        _ => {
+            return Err(CaptureError::Setup(
+                "needs (mapping id, key column, watched columns…)".into(),
+            ))
+        }
+    };
+    let td = trigger.trigger_data();
+
+    if trigger.event().fired_by_truncate() {
+        // every record the CRM may hold becomes a delete
+        Spi::run_with_args("SELECT etlify._enqueue_synced($1)", &[mapping_id.into()])
+            .map_err(|e| CaptureError::Setup(e.to_string()))?;
+        crate::wake::_wake();
+        return Ok(None);
+    }
+
+    // SAFETY: an AFTER trigger's relation and transition tables are valid for the
+    // duration of the call.
+    let keys = unsafe {
+        let tupdesc = (*td.tg_relation).rd_att;
+        let key = column(tupdesc, key_name)?;
+        let event = trigger.event();
+        if event.fired_by_insert() {
+            keys_of(td.tg_newtable, tupdesc, &key)
+        } else if event.fired_by_delete() {
+            keys_of(td.tg_oldtable, tupdesc, &key)
+        } else {
+            let watched = if watch.is_empty() {
+                all_columns(tupdesc)
+            } else {
+                watch
+                    .iter()
+                    .map(|name| column(tupdesc, name))
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            changed_keys(td.tg_oldtable, td.tg_newtable, tupdesc, &key, &watched)
+        }
+    };
+    if keys.is_empty() {
+        return Ok(None);
+    }
+    append(mapping_id, keys)?;
+    crate::wake::_wake();
+    Ok(None)
+}
+
+/// Appends one row to etlify.changes, through a plan kept for the session.
+fn append(mapping_id: i32, keys: Vec<String>) -> Result<(), CaptureError> {
+    let err = |e: pgrx::spi::SpiError| CaptureError::Setup(format!("cannot record changes: {e}"));
+    Spi::connect_mut(|client| {
+        APPEND.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                let stmt = client
+                    .prepare_mut(
+                        "INSERT INTO etlify.changes (mapping_id, keys) VALUES ($1, $2)",
+                        &[
+                            PgBuiltInOids::INT4OID.into(),
+                            PgBuiltInOids::TEXTARRAYOID.into(),
+                        ],
+                    )
+                    .map_err(err)?;
+                *slot = Some(stmt.keep());
+            }
+            let stmt = slot.as_ref().expect("prepared above");
+            client
+                .update(stmt, None, &[mapping_id.into(), keys.into()])
+                .map(drop)
+                .map_err(err)
+        })
+    })
+}
+
+unsafe fn column(tupdesc: pg_sys::TupleDesc, name: &str) -> Result<Column, CaptureError> {
+    for i in 0..(*tupdesc).natts {
+        let att = &*(*tupdesc).attrs.as_ptr().add(i as usize);
+        if att.attisdropped {
+            continue;
+        }
+        let attname = CStr::from_ptr(att.attname.data.as_ptr());
+        if attname.to_bytes() == name.as_bytes() {
+            return Ok(Column {
+                attno: att.attnum as i32,
+                byval: att.attbyval,
+                len: att.attlen,
+            });
+        }
+    }
+    Err(CaptureError::Setup(format!(
+        "cannot find column \"{name}\"; was it renamed or dropped? Declare the mapping again (etlify.unsync_table, etlify.sync_table)"
+    )))
+}
+
+unsafe fn all_columns(tupdesc: pg_sys::TupleDesc) -> Vec<Column> {
+    (0..(*tupdesc).natts)
+        .map(|i| &*(*tupdesc).attrs.as_ptr().add(i as usize))
+        .filter(|att| !att.attisdropped)
+        .map(|att| Column {
+            attno: att.attnum as i32,
+            byval: att.attbyval,
+            len: att.attlen,
+        })
+        .collect()
+}
+
+/// Walks a transition table, calling `f` with each row in a slot.
+unsafe fn each_row(
+    store: *mut pg_sys::Tuplestorestate,
+    tupdesc: pg_sys::TupleDesc,
+    mut f: impl FnMut(*mut pg_sys::TupleTableSlot),
+) {
+    if store.is_null() {
+        return;
+    }
+    // a read pointer of our own: other triggers of the statement read the same store
+    let ptr = pg_sys::tuplestore_alloc_read_pointer(store, 0);
+    pg_sys::tuplestore_select_read_pointer(store, ptr);
+    pg_sys::tuplestore_rescan(store);
+    let slot = pg_sys::MakeSingleTupleTableSlot(tupdesc, &pg_sys::TTSOpsMinimalTuple);
+    while pg_sys::tuplestore_gettupleslot(store, true, false, slot) {
+        f(slot);
+    }
+    pg_sys::ExecDropSingleTupleTableSlot(slot);
+}
+
+unsafe fn attr(slot: *mut pg_sys::TupleTableSlot, attno: i32) -> Option<pg_sys::Datum> {
+    let mut isnull = false;
+    let d = pg_sys::slot_getattr(slot, attno, &mut isnull);
+    (!isnull).then_some(d)
+}
+
+/// The key's text form: the type's output function, as format('%s', key) gives it.
+struct KeyText {
+    out_fn: pg_sys::Oid,
+}
+
+impl KeyText {
+    unsafe fn new(tupdesc: pg_sys::TupleDesc, key: &Column) -> Self {
+        let att = &*(*tupdesc).attrs.as_ptr().add((key.attno - 1) as usize);
+        let mut out_fn = pg_sys::InvalidOid;
+        let mut varlena = false;
+        pg_sys::getTypeOutputInfo(att.atttypid, &mut out_fn, &mut varlena);
+        KeyText { out_fn }
+    }
+
+    unsafe fn of(&self, slot: *mut pg_sys::TupleTableSlot, key: &Column) -> Option<String> {
+        let d = attr(slot, key.attno)?;
+        let c = pg_sys::OidOutputFunctionCall(self.out_fn, d);
+        let s = CStr::from_ptr(c).to_string_lossy().into_owned();
+        pg_sys::pfree(c.cast());
+        Some(s)
+    }
+}
+
+unsafe fn keys_of(
+    store: *mut pg_sys::Tuplestorestate,
+    tupdesc: pg_sys::TupleDesc,
+    key: &Column,
+) -> Vec<String> {
+    let text = KeyText::new(tupdesc, key);
+    let mut keys = Vec::new();
+    each_row(store, tupdesc, |slot| keys.extend(text.of(slot, key)));
+    keys
+}
+
+/// Keys of an UPDATE whose watched values changed, plus both keys of a row whose
+/// primary key changed (the new key appears, the old one disappears).
+unsafe fn changed_keys(
+    old: *mut pg_sys::Tuplestorestate,
+    new: *mut pg_sys::Tuplestorestate,
+    tupdesc: pg_sys::TupleDesc,
+    key: &Column,
+    watched: &[Column],
+) -> Vec<String> {
+    let text = KeyText::new(tupdesc, key);
+    // old rows: key → watched values, copied out of the slot (it is reused)
+    let mut before: HashMap<String, Vec<Option<Vec<u8>>>> = HashMap::new();
+    each_row(old, tupdesc, |slot| {
+        if let Some(k) = text.of(slot, key) {
+            before.insert(k, watched.iter().map(|c| image(slot, c)).collect());
+        }
+    });
+    let mut keys = Vec::new();
+    each_row(new, tupdesc, |slot| {
+        let Some(k) = text.of(slot, key) else { return };
+        match before.remove(&k) {
+            Some(values) => {
+                if watched
+                    .iter()
+                    .zip(&values)
+                    .any(|(c, v)| image(slot, c) != *v)
+                {
+                    keys.push(k);
+                }
+            }
+            None => keys.push(k),
+        }
+    });
+    // keys that no longer exist after the statement
+    keys.extend(before.into_keys());
+    keys
+}
+
+/// A value's binary image, for "did it change": equal images mean equal values.
+/// (Different images of equal values, e.g. 1.0 and 1.00, only cost a check that
+/// finds the payload unchanged.) Toasted values are compared by content.
+unsafe fn image(slot: *mut pg_sys::TupleTableSlot, c: &Column) -> Option<Vec<u8>> {
+    let d = attr(slot, c.attno)?;
+    Some(if c.byval {
+        (d.value() as u64).to_ne_bytes().to_vec()
+    } else if c.len > 0 {
+        std::slice::from_raw_parts(d.cast_mut_ptr::<u8>(), c.len as usize).to_vec()
+    } else if c.len == -1 {
+        let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+        let bytes = pgrx::varlena::varlena_to_byte_slice(v).to_vec();
+        if v != d.cast_mut_ptr() {
+            pg_sys::pfree(v.cast());
+        }
+        bytes
+    } else {
+        CStr::from_ptr(d.cast_mut_ptr()).to_bytes().to_vec()
+    })
+}
