@@ -176,10 +176,13 @@ BEGIN
        SET state = 'synced', crm_id = EXCLUDED.crm_id, digest = EXCLUDED.digest,
            last_synced_at = EXCLUDED.last_synced_at, error_count = 0, last_error = NULL, updated_at = now();
 
+    -- (rows already synced and clean are not rewritten: a re-check of unchanged
+    -- records writes nothing here)
     UPDATE etlify.records rec
        SET state = 'synced', error_count = 0, last_error = NULL, updated_at = now()
       FROM unnest(v_results) r
-     WHERE r.outcome = 'not_modified' AND rec.mapping_id = p_mapping AND rec.key = r.key;
+     WHERE r.outcome = 'not_modified' AND rec.mapping_id = p_mapping AND rec.key = r.key
+       AND (rec.state <> 'synced' OR rec.error_count <> 0);
 
     INSERT INTO etlify.records AS rec (mapping_id, key, state)
     SELECT p_mapping, r.key, 'skipped' FROM unnest(v_results) r WHERE r.outcome = 'skipped'
