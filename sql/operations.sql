@@ -463,7 +463,8 @@ SELECT at, crm, source, operation, records, http_status, duration_ms, error
   FROM etlify.sync_log_entries
  ORDER BY id DESC;
 
-REVOKE ALL ON ALL TABLES IN SCHEMA etlify FROM PUBLIC;
+-- (views, like tables, start with no PUBLIC privileges; bootstrap.sql granted
+-- PUBLIC what the capture trigger needs, and that grant must stay)
 REVOKE ALL ON FUNCTION etlify.register_crm, etlify.sync_table, etlify.unsync_table, etlify._claim, etlify._absorb,
     etlify._record, etlify._log, etlify._release_claims, etlify._work, etlify.enqueue,
     etlify.reset_errors, etlify.sync_stale FROM PUBLIC;

@@ -132,8 +132,13 @@ impl Cluster {
 
     /// libpq-style connection string for `role` on database `postgres` over TCP.
     pub fn conninfo(&self, role: &str) -> String {
+        self.conninfo_db(role, "postgres")
+    }
+
+    /// libpq-style connection string for `role` on database `db` over TCP.
+    pub fn conninfo_db(&self, role: &str, db: &str) -> String {
         format!(
-            "host=127.0.0.1 port={} user={role} dbname=postgres connect_timeout=10 application_name=etlify-e2e",
+            "host=127.0.0.1 port={} user={role} dbname={db} connect_timeout=10 application_name=etlify-e2e",
             self.port
         )
     }
@@ -146,9 +151,14 @@ impl Cluster {
 
     /// A new connection as `role` (authentication is `trust`).
     pub fn connect_as(&self, role: &str) -> Client {
+        self.connect_db(role, "postgres")
+    }
+
+    /// A new connection as `role` to database `db` (retries like [`Cluster::client`]).
+    pub fn connect_db(&self, role: &str, db: &str) -> Client {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            match Client::connect(&self.conninfo(role), NoTls) {
+            match Client::connect(&self.conninfo_db(role, db), NoTls) {
                 Ok(c) => return c,
                 Err(e) => {
                     let transient = e.as_db_error().is_none_or(|db| {
@@ -165,6 +175,43 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// A PostgreSQL client program of [`PG_BIN`] (`pg_dump`, `psql`, `createdb`, ...)
+    /// set to reach this cluster over TCP as superuser `postgres` (`-h`, `-p`, `-U`
+    /// given; add the database and the rest).
+    pub fn tool(&self, program: &str) -> Command {
+        let mut cmd = Command::new(format!("{PG_BIN}/{program}"));
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .current_dir(&self.dir);
+        cmd
+    }
+
+    /// Runs [`Cluster::tool`] `program` with `args`; panics with its output unless it
+    /// exits 0. Returns its stdout and stderr.
+    pub fn run_tool(&self, program: &str, args: &[&str]) -> (String, String) {
+        let out = self
+            .tool(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            panic!(
+                "{program} {args:?} failed ({}):\n{stdout}{stderr}",
+                out.status
+            );
+        }
+        (stdout, stderr)
     }
 
     /// `pg_ctl restart -m fast`: a clean shutdown and start.
