@@ -13,8 +13,8 @@
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::PgTrigger;
+use rustc_hash::FxHashMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::ffi::CStr;
 
 thread_local! {
@@ -194,11 +194,14 @@ impl KeyText {
     }
 
     unsafe fn of(&self, slot: *mut pg_sys::TupleTableSlot, key: &Column) -> Option<String> {
-        let d = attr(slot, key.attno)?;
+        attr(slot, key.attno).map(|d| self.spell(d))
+    }
+
+    unsafe fn spell(&self, d: pg_sys::Datum) -> String {
         let c = pg_sys::OidOutputFunctionCall(self.out_fn, d);
         let s = CStr::from_ptr(c).to_string_lossy().into_owned();
         pg_sys::pfree(c.cast());
-        Some(s)
+        s
     }
 }
 
@@ -223,51 +226,86 @@ unsafe fn changed_keys(
     watched: &[Column],
 ) -> Vec<String> {
     let text = KeyText::new(tupdesc, key);
-    // old rows: key → watched values, copied out of the slot (it is reused)
-    let mut before: HashMap<String, Vec<Option<Vec<u8>>>> = HashMap::new();
+    if key.byval {
+        // int, bigint, …: match rows by the key's datum and spell out only the keys
+        // that changed (most rows of a bulk statement did not)
+        let ident = |slot| attr(slot, key.attno).map(|d| d.value() as u64);
+        let spell = |k: u64| text.spell(pg_sys::Datum::from(k as usize));
+        diff(old, new, tupdesc, watched, ident, spell)
+    } else {
+        diff(old, new, tupdesc, watched, |slot| text.of(slot, key), |k| k)
+    }
+}
+
+/// Old rows by identity → the images of their watched values (one buffer per row,
+/// copied out: the slot is reused); then each new row against its old one.
+unsafe fn diff<K: std::hash::Hash + Eq>(
+    old: *mut pg_sys::Tuplestorestate,
+    new: *mut pg_sys::Tuplestorestate,
+    tupdesc: pg_sys::TupleDesc,
+    watched: &[Column],
+    ident: impl Fn(*mut pg_sys::TupleTableSlot) -> Option<K>,
+    spell: impl Fn(K) -> String,
+) -> Vec<String> {
+    let mut before: FxHashMap<K, Vec<u8>> = FxHashMap::default();
     each_row(old, tupdesc, |slot| {
-        if let Some(k) = text.of(slot, key) {
-            before.insert(k, watched.iter().map(|c| image(slot, c)).collect());
+        if let Some(k) = ident(slot) {
+            let mut images = Vec::new();
+            for c in watched {
+                push_image(&mut images, slot, c);
+            }
+            before.insert(k, images);
         }
     });
     let mut keys = Vec::new();
+    let mut images = Vec::new();
     each_row(new, tupdesc, |slot| {
-        let Some(k) = text.of(slot, key) else { return };
+        let Some(k) = ident(slot) else { return };
         match before.remove(&k) {
-            Some(values) => {
-                if watched
-                    .iter()
-                    .zip(&values)
-                    .any(|(c, v)| image(slot, c) != *v)
-                {
-                    keys.push(k);
+            Some(old_images) => {
+                images.clear();
+                for c in watched {
+                    push_image(&mut images, slot, c);
+                }
+                if images != old_images {
+                    keys.push(spell(k));
                 }
             }
-            None => keys.push(k),
+            None => keys.push(spell(k)),
         }
     });
     // keys that no longer exist after the statement
-    keys.extend(before.into_keys());
+    keys.extend(before.into_keys().map(spell));
     keys
 }
 
-/// A value's binary image, for "did it change": equal images mean equal values.
-/// (Different images of equal values, e.g. 1.0 and 1.00, only cost a check that
-/// finds the payload unchanged.) Toasted values are compared by content.
-unsafe fn image(slot: *mut pg_sys::TupleTableSlot, c: &Column) -> Option<Vec<u8>> {
-    let d = attr(slot, c.attno)?;
-    Some(if c.byval {
-        (d.value() as u64).to_ne_bytes().to_vec()
+/// Appends a value's binary image to `out`, length-prefixed (NULL: a marker), for
+/// "did it change": equal images mean equal values. (Different images of equal
+/// values, e.g. 1.0 and 1.00, only cost a check that finds the payload unchanged.)
+/// Toasted values are compared by content.
+unsafe fn push_image(out: &mut Vec<u8>, slot: *mut pg_sys::TupleTableSlot, c: &Column) {
+    let Some(d) = attr(slot, c.attno) else {
+        out.extend_from_slice(&u32::MAX.to_ne_bytes());
+        return;
+    };
+    let mut put = |bytes: &[u8]| {
+        out.extend_from_slice(&(bytes.len() as u32).to_ne_bytes());
+        out.extend_from_slice(bytes);
+    };
+    if c.byval {
+        put(&(d.value() as u64).to_ne_bytes());
     } else if c.len > 0 {
-        std::slice::from_raw_parts(d.cast_mut_ptr::<u8>(), c.len as usize).to_vec()
+        put(std::slice::from_raw_parts(
+            d.cast_mut_ptr::<u8>(),
+            c.len as usize,
+        ));
     } else if c.len == -1 {
         let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-        let bytes = pgrx::varlena::varlena_to_byte_slice(v).to_vec();
+        put(pgrx::varlena::varlena_to_byte_slice(v));
         if v != d.cast_mut_ptr() {
             pg_sys::pfree(v.cast());
         }
-        bytes
     } else {
-        CStr::from_ptr(d.cast_mut_ptr()).to_bytes().to_vec()
-    })
+        put(CStr::from_ptr(d.cast_mut_ptr()).to_bytes());
+    }
 }
