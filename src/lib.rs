@@ -33,8 +33,9 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init(preloaded);
     if preloaded {
         use requests::REQUESTS;
-        use wake::WORKER_PROC;
+        use wake::{WAKE_PENDING, WORKER_PROC};
         pgrx::pg_shmem_init!(WORKER_PROC);
+        pgrx::pg_shmem_init!(WAKE_PENDING);
         pgrx::pg_shmem_init!(REQUESTS);
         wake::SHMEM_READY.store(true, Ordering::Relaxed);
         worker::register();

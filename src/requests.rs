@@ -128,7 +128,8 @@ pub fn request(mapping_id: i32, key: &str, remove: bool) -> Verdict {
         // every slot busy: wait for one to free up
         wait(Duration::from_millis(10));
     };
-    wake::wake_worker();
+    // unconditionally: a pending commit wake may be one the worker is already past
+    wake::set_worker_latch();
     loop {
         {
             let r = REQUESTS.share();

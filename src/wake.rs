@@ -13,6 +13,12 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 /// pgprocno + 1 of the running worker; 0 when none runs.
 pub static WORKER_PROC: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"etlify_worker_proc") };
 
+/// Set by the first commit that wakes the worker, cleared by the worker when it
+/// starts a round: later commits see it set and skip the signal (a kill() per
+/// commit showed as the writers' largest cost). No wake is lost: commit callbacks
+/// run once the commit is visible, and the worker clears the flag before it reads.
+pub static WAKE_PENDING: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"etlify_wake_pending") };
+
 /// Set in _PG_init when loaded through shared_preload_libraries: only then does
 /// the shared memory above exist.
 pub static SHMEM_READY: AtomicBool = AtomicBool::new(false);
@@ -43,8 +49,21 @@ pub fn transaction_enqueued() -> bool {
     WAKE_REGISTERED.with(|w| w.get())
 }
 
-/// Sets the worker's latch, if a worker runs.
+/// Wakes the worker for committed changes, unless a wake is already pending.
 pub fn wake_worker() {
+    if !SHMEM_READY.load(Ordering::Relaxed) || WAKE_PENDING.get().swap(true, Ordering::SeqCst) {
+        return;
+    }
+    set_worker_latch();
+}
+
+/// The worker starts a round: commits from now on must wake it again.
+pub fn round_started() {
+    WAKE_PENDING.get().store(false, Ordering::SeqCst);
+}
+
+/// Sets the worker's latch, if a worker runs.
+pub fn set_worker_latch() {
     if !SHMEM_READY.load(Ordering::Relaxed) {
         return;
     }

@@ -83,6 +83,8 @@ pub extern "C-unwind" fn etlify_worker_main(_arg: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         if gucs::enabled() && extension_installed() {
+            // before reading anything: a commit after this point wakes us again
+            wake::round_started();
             set_activity("draining");
             PgTryBuilder::new(AssertUnwindSafe(|| {
                 if !recovered {

@@ -384,3 +384,44 @@ fn delete_and_reinsert_in_one_transaction_updates_in_place() {
     );
     wait_users_state(&mut env.db, &[1], "synced");
 }
+
+/// The capture trigger writes etlify.changes straight into the heap only while the
+/// table has no index and no trigger; with one, it must go through SQL so that the
+/// index stays whole. Either way every change arrives.
+#[test]
+fn changes_still_arrive_when_etlify_changes_has_an_index() {
+    let mut env = Env::start("etlify.enabled = off", "");
+    map_users(&mut env.db, "");
+    env.db
+        .batch_execute("CREATE INDEX changes_by_mapping ON etlify.changes (mapping_id)")
+        .unwrap();
+    insert_users(&mut env.db, 1..=2);
+    env.db
+        .execute("UPDATE users SET first_name = 'Indexed' WHERE id = 2", &[])
+        .unwrap();
+    // the index found every row the heap got (two statements: two rows)
+    let count = |db: &mut postgres::Client, seqscan: &str| -> i64 {
+        db.batch_execute(&format!(
+            "SET enable_seqscan = {seqscan}; SET enable_bitmapscan = on"
+        ))
+        .unwrap();
+        db.query_one(
+            "SELECT count(*) FROM etlify.changes WHERE mapping_id > 0",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let by_heap = count(&mut env.db, "on");
+    let by_index = count(&mut env.db, "off");
+    assert_eq!(by_heap, 2, "one change row per statement");
+    assert_eq!(by_index, by_heap, "the index has every change row");
+
+    env.db.batch_execute("SELECT etlify.drain()").unwrap();
+    let c = env
+        .mock
+        .find("contacts", "email", &email(2))
+        .expect("user 2 sent");
+    assert_eq!(prop(&c, "firstname"), Some("Indexed"));
+    assert_eq!(env.mock.objects("contacts").len(), 2);
+}
