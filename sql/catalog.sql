@@ -83,30 +83,34 @@ $$;
 -- event, with the mapping id, the key column and the watched columns as arguments
 -- (no watched column: every column). Postgres allows transition tables only on
 -- single-event triggers.
+CREATE FUNCTION etlify._capture_events()
+RETURNS TABLE (suffix text, event text, transition_tables text)
+LANGUAGE sql IMMUTABLE
+AS $$
+    VALUES ('_ins',   'INSERT',   'REFERENCING NEW TABLE AS etlify_new'),
+           ('_upd',   'UPDATE',   'REFERENCING OLD TABLE AS etlify_old NEW TABLE AS etlify_new'),
+           ('_del',   'DELETE',   'REFERENCING OLD TABLE AS etlify_old'),
+           ('_trunc', 'TRUNCATE', '');
+$$;
+
 CREATE FUNCTION etlify._install_capture(p_mapping etlify.mappings) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_trg    text := 'etlify_capture_' || p_mapping.id;
-    v_args   text;
-    v_suffix text;
+    v_trg  text := 'etlify_capture_' || p_mapping.id;
+    v_args text;
+    e      record;
 BEGIN
     SELECT string_agg(quote_literal(a), ', ')
       INTO v_args
       FROM unnest(ARRAY[p_mapping.id::text, p_mapping.key_column::text] || coalesce(p_mapping.watch, '{}')) AS a;
-    EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS etlify_new FOR EACH STATEMENT EXECUTE FUNCTION etlify._capture(%s)',
-                   v_trg || '_ins', p_mapping.source, v_args);
-    EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS etlify_old NEW TABLE AS etlify_new FOR EACH STATEMENT EXECUTE FUNCTION etlify._capture(%s)',
-                   v_trg || '_upd', p_mapping.source, v_args);
-    EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS etlify_old FOR EACH STATEMENT EXECUTE FUNCTION etlify._capture(%s)',
-                   v_trg || '_del', p_mapping.source, v_args);
-    EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION etlify._capture(%s)',
-                   v_trg || '_trunc', p_mapping.source, v_args);
-    -- Not extension members (pg_dump must still dump them with the user's table),
-    -- but dropped with the extension so that no trigger outlives it.
-    FOREACH v_suffix IN ARRAY ARRAY['_ins', '_upd', '_del', '_trunc'] LOOP
-        EXECUTE format('ALTER TRIGGER %I ON %s DEPENDS ON EXTENSION etlify', v_trg || v_suffix, p_mapping.source);
+    FOR e IN SELECT * FROM etlify._capture_events() LOOP
+        EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s %s FOR EACH STATEMENT EXECUTE FUNCTION etlify._capture(%s)',
+                       v_trg || e.suffix, e.event, p_mapping.source, e.transition_tables, v_args);
+        -- Not extension members (pg_dump must still dump them with the user's
+        -- table), but dropped with the extension so that no trigger outlives it.
+        EXECUTE format('ALTER TRIGGER %I ON %s DEPENDS ON EXTENSION etlify', v_trg || e.suffix, p_mapping.source);
     END LOOP;
 END
 $$;
@@ -116,11 +120,10 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_trg text := 'etlify_capture_' || p_mapping.id;
-    v_suffix text;
+    e record;
 BEGIN
-    FOREACH v_suffix IN ARRAY ARRAY['_ins', '_upd', '_del', '_trunc'] LOOP
-        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', v_trg || v_suffix, p_mapping.source);
+    FOR e IN SELECT * FROM etlify._capture_events() LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'etlify_capture_' || p_mapping.id || e.suffix, p_mapping.source);
     END LOOP;
 END
 $$;

@@ -272,28 +272,37 @@ fn batch_read(ctx: &Ctx, b: BatchBody, started: i64) -> Reply {
     batch_reply(ts, &done, &errors, props.as_deref(), started, 200, n)
 }
 
-fn batch_update(ctx: &Ctx, b: BatchBody, started: i64) -> Reply {
-    let n = b.inputs.len();
+/// A batch update or upsert input, read once: its id, the property the id is a value
+/// of (the input's own, else the batch's, else the query string's), its changes.
+struct Prepared {
+    id: Option<String>,
+    id_prop: Option<String>,
+    changes: Result<Changes, String>,
+    trace: Option<String>,
+}
+
+fn prepare(ctx: &Ctx, b: BatchBody) -> Vec<Prepared> {
     let default_prop = b
         .id_property
         .clone()
         .or(ctx.query.get("idProperty").map(str::to_owned));
-    struct Prepared {
-        id: Option<String>,
-        id_prop: Option<String>,
-        changes: Result<Changes, String>,
-        trace: Option<String>,
-    }
-    let prepared: Vec<Prepared> = b
-        .inputs
+    b.inputs
         .into_iter()
         .map(|i| Prepared {
             id: id_string(&i.id),
-            id_prop: i.id_property.or_else(|| default_prop.clone()),
+            id_prop: i
+                .id_property
+                .filter(|p| !p.is_empty())
+                .or_else(|| default_prop.clone()),
             changes: to_changes(i.properties),
             trace: i.trace,
         })
-        .collect();
+        .collect()
+}
+
+fn batch_update(ctx: &Ctx, b: BatchBody, started: i64) -> Reply {
+    let n = b.inputs.len();
+    let prepared = prepare(ctx, b);
     if let Some(d) = first_duplicate(
         prepared
             .iter()
@@ -364,29 +373,7 @@ fn batch_update(ctx: &Ctx, b: BatchBody, started: i64) -> Reply {
 fn batch_upsert(ctx: &Ctx, b: BatchBody, started: i64) -> Reply {
     let n = b.inputs.len();
     let t = ctx.object_type;
-    let default_prop = b
-        .id_property
-        .clone()
-        .or(ctx.query.get("idProperty").map(str::to_owned));
-    struct Prepared {
-        id: Option<String>,
-        id_prop: Option<String>,
-        changes: Result<Changes, String>,
-        trace: Option<String>,
-    }
-    let prepared: Vec<Prepared> = b
-        .inputs
-        .into_iter()
-        .map(|i| Prepared {
-            id: id_string(&i.id),
-            id_prop: i
-                .id_property
-                .filter(|p| !p.is_empty())
-                .or_else(|| default_prop.clone()),
-            changes: to_changes(i.properties),
-            trace: i.trace,
-        })
-        .collect();
+    let prepared = prepare(ctx, b);
     if let Some(d) = first_duplicate(
         prepared
             .iter()
