@@ -11,7 +11,8 @@ use crate::engine::Engine;
 use crate::wake;
 use etlify_core::plan::{Intent, Verdict};
 use pgrx::prelude::*;
-use pgrx::{PGRXSharedMemory, PgLwLock};
+use pgrx::{PGRXSharedMemory, PgLwLock, PgTryBuilder};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -205,7 +206,13 @@ pub fn serve(engine: &mut Engine) {
         } else {
             Intent::Reconcile
         };
-        let verdict = engine.one(mapping_id, &key, intent);
+        // an error (the mapping was removed meanwhile, …) still answers the caller
+        let verdict = PgTryBuilder::new(AssertUnwindSafe(|| engine.one(mapping_id, &key, intent)))
+            .catch_others(|e| {
+                crate::worker::recover(e);
+                Verdict::Failed
+            })
+            .execute();
         let requester = {
             let mut r = REQUESTS.exclusive();
             let s = &mut r.slots[index];

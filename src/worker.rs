@@ -66,6 +66,24 @@ fn extension_installed() -> bool {
     })
 }
 
+/// After an error in the worker: abort the transaction it broke, log it, and
+/// release the claims it held so that those records are sent again.
+pub fn recover(e: pg_sys::panic::CaughtError) {
+    unsafe { pg_sys::AbortCurrentTransaction() };
+    let message = match &e {
+        pg_sys::panic::CaughtError::PostgresError(r)
+        | pg_sys::panic::CaughtError::ErrorReport(r) => r.message().to_string(),
+        pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+    };
+    warning!("{BACKEND_TYPE}: {message}");
+    PgTryBuilder::new(|| transaction(|| store::release_claims(WORKER_CLAIMER)))
+        .catch_others(|_| {
+            unsafe { pg_sys::AbortCurrentTransaction() };
+            0
+        })
+        .execute();
+}
+
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn etlify_worker_main(_arg: pg_sys::Datum) {
@@ -98,22 +116,7 @@ pub extern "C-unwind" fn etlify_worker_main(_arg: pg_sys::Datum) {
                 requests::serve(&mut engine);
                 engine.drain(None, None, &stop_requested);
             }))
-            .catch_others(|e| {
-                unsafe { pg_sys::AbortCurrentTransaction() };
-                let message = match &e {
-                    pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => {
-                        r.message().to_string()
-                    }
-                    pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
-                };
-                warning!("{BACKEND_TYPE}: {message}");
-                PgTryBuilder::new(|| transaction(|| store::release_claims(WORKER_CLAIMER)))
-                    .catch_others(|_| {
-                        unsafe { pg_sys::AbortCurrentTransaction() };
-                        0
-                    })
-                    .execute();
-            })
+            .catch_others(recover)
             .execute();
             set_activity("idle");
         }
