@@ -202,6 +202,41 @@ fn sync_delete_and_enqueue_results_inline() {
     );
 }
 
+/// A request the worker cannot serve (here: a mapping id that does not exist,
+/// as when a mapping is removed after the request was queued) is answered
+/// `failed` at once, and the worker goes on serving the next one.
+#[test]
+fn worker_answers_a_request_it_cannot_serve() {
+    let mut env = Env::start("", "");
+    map_users(&mut env.db, "");
+    insert_users(&mut env.db, [1]);
+    wait_users_state(&mut env.db, &[1], "synced");
+    // a guard: before the fix this call waited until cancelled
+    env.db
+        .batch_execute("SET statement_timeout = '10s'")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let r: String = env
+        .db
+        .query_one("SELECT etlify._sync_one(987654, '1', false)", &[])
+        .expect("answered, not timed out")
+        .get(0);
+    assert_eq!(r, "failed");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        env.cluster
+            .log()
+            .contains("mapping 987654 no longer exists"),
+        "the worker logged why"
+    );
+    // the same worker still serves requests
+    assert_eq!(sync(&mut env, "1"), "not_modified");
+}
+
 #[test]
 fn sync_and_delete_wait_for_the_worker() {
     let mut env = Env::start("", "");
