@@ -108,6 +108,14 @@ CREATE TABLE etlify.records (
     PRIMARY KEY (mapping_id, key)
 );
 
+-- Mappings removed (unsync_table, DROP TABLE) whose queued changes and sync state
+-- the drain still has to delete. Done there, in the drain's own transaction, so
+-- that a user's DDL never waits on row locks the worker holds (measured: a DROP
+-- TABLE deleting those rows itself deadlocked with the worker).
+CREATE TABLE etlify.forgotten (
+    mapping_id int PRIMARY KEY
+);
+
 -- Recent requests, trimmed to etlify.sync_log_size rows by the code that appends.
 CREATE TABLE etlify.sync_log_entries (
     id          bigserial PRIMARY KEY,

@@ -62,21 +62,23 @@ CREATE FUNCTION etlify._enqueue_synced(p_mapping int) RETURNS void
 LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+    -- in key order, like every multi-row write of queue rows: two writers that lock
+    -- the same rows in the same order cannot deadlock
     INSERT INTO etlify.queue AS q (mapping_id, key, change_seq)
     SELECT r.mapping_id, r.key, (SELECT nextval('etlify.change_seq'))
       FROM etlify.records r WHERE r.mapping_id = p_mapping AND r.crm_id IS NOT NULL
+     ORDER BY r.key
     ON CONFLICT (mapping_id, key) DO UPDATE SET change_seq = EXCLUDED.change_seq;
 $$;
 
--- Removes a mapping with everything it left in the queue and the sync state.
+-- Removes a mapping. Its queue rows and sync state are deleted later by the drain
+-- (etlify._collect_forgotten): the mapping row is all the caller's DDL touches.
 CREATE FUNCTION etlify._forget_mapping(p_mapping int) RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
-    DELETE FROM etlify.changes WHERE mapping_id = p_mapping;
-    DELETE FROM etlify.queue WHERE mapping_id = p_mapping;
-    DELETE FROM etlify.records WHERE mapping_id = p_mapping;
     DELETE FROM etlify.mappings WHERE id = p_mapping;
+    INSERT INTO etlify.forgotten (mapping_id) VALUES (p_mapping) ON CONFLICT DO NOTHING;
 $$;
 
 -- The capture triggers of one mapping: etlify._capture (src/capture.rs), once per

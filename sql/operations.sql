@@ -26,6 +26,7 @@ BEGIN
     ), ins AS (
         INSERT INTO etlify.queue AS q (mapping_id, key, change_seq, enqueued_at)
         SELECT d.mapping_id, d.key, (SELECT nextval('etlify.change_seq')), d.at FROM dirty d
+         ORDER BY d.mapping_id, d.key  -- key order: see etlify._enqueue_synced
         ON CONFLICT (mapping_id, key) DO UPDATE SET change_seq = EXCLUDED.change_seq
         RETURNING 1
     )
@@ -66,6 +67,15 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
+
+    -- Lock order: the source table before any queue row. DDL on the source (DROP
+    -- TABLE, TRUNCATE) locks the table and then touches queue rows; claiming rows
+    -- first and then waiting for the table to serialize them deadlocks with it.
+    BEGIN
+        EXECUTE format('LOCK TABLE %s IN ACCESS SHARE MODE', m.source);
+    EXCEPTION WHEN undefined_table THEN
+        RETURN;  -- dropped while we waited: its mapping is gone with it
+    END;
 
     IF p_keys IS NULL THEN
         -- no ORDER BY: a sort would read the whole backlog on every claim. The
@@ -252,6 +262,27 @@ AS $$
                  - current_setting('etlify.sync_log_size')::bigint;
 $$;
 
+-- Deletes what removed mappings left behind (see etlify.forgotten), in the
+-- drain's own transaction. Returns the number of mappings cleaned up.
+CREATE FUNCTION etlify._collect_forgotten() RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_id int;
+    v_n  bigint := 0;
+BEGIN
+    FOR v_id IN SELECT f.mapping_id FROM etlify.forgotten f FOR UPDATE SKIP LOCKED LOOP
+        DELETE FROM etlify.changes WHERE mapping_id = v_id;
+        DELETE FROM etlify.queue WHERE mapping_id = v_id;
+        DELETE FROM etlify.records WHERE mapping_id = v_id;
+        DELETE FROM etlify.forgotten WHERE mapping_id = v_id;
+        v_n := v_n + 1;
+    END LOOP;
+    RETURN v_n;
+END
+$$;
+
 -- Crash recovery: claims a worker committed before dying are its own to undo.
 CREATE FUNCTION etlify._release_claims(p_claimer text) RETURNS bigint
 LANGUAGE sql
@@ -345,6 +376,7 @@ BEGIN
     ), q AS (
         INSERT INTO etlify.queue AS q (mapping_id, key, change_seq)
         SELECT t.mapping_id, t.key, nextval('etlify.change_seq') FROM t
+         ORDER BY t.mapping_id, t.key
         ON CONFLICT (mapping_id, key) DO UPDATE SET not_before = '-infinity'
         RETURNING 1
     )
@@ -466,6 +498,7 @@ SELECT at, crm, source, operation, records, http_status, duration_ms, error
 -- (views, like tables, start with no PUBLIC privileges; bootstrap.sql granted
 -- PUBLIC what the capture trigger needs, and that grant must stay)
 REVOKE ALL ON FUNCTION etlify.register_crm, etlify.sync_table, etlify.unsync_table, etlify._claim, etlify._absorb,
+    etlify._collect_forgotten,
     etlify._record, etlify._log, etlify._release_claims, etlify._work, etlify.enqueue,
     etlify.reset_errors, etlify.sync_stale FROM PUBLIC;
 

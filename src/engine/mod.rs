@@ -136,6 +136,7 @@ impl Engine {
         let host = self.host;
         let mut counts = Counts::default();
         let mut budget = max_records.unwrap_or(usize::MAX);
+        host.step(store::collect_forgotten);
         loop {
             // writers' change rows first, in bounded transactions
             while host.step(|| store::absorb(ABSORB_ROWS)) >= ABSORB_ROWS as i64 {

@@ -156,6 +156,15 @@ pub fn absorb(limit: usize) -> i64 {
     })
 }
 
+/// Deletes the queue rows and sync state of removed mappings.
+pub fn collect_forgotten() {
+    Spi::connect_mut(|client| {
+        client
+            .update("SELECT etlify._collect_forgotten()", None, &[])
+            .unwrap_or_else(|e| spi_err("cleaning up removed mappings", e));
+    })
+}
+
 pub fn release_claims(claimer: &str) -> i64 {
     Spi::connect_mut(|client| {
         client
