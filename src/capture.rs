@@ -197,24 +197,54 @@ unsafe fn all_columns(tupdesc: pg_sys::TupleDesc) -> Vec<Column> {
         .collect()
 }
 
+/// Reads a transition table row by row, with a read pointer of its own (other
+/// triggers of the statement read the same store).
+struct Reader {
+    store: *mut pg_sys::Tuplestorestate,
+    ptr: i32,
+    slot: *mut pg_sys::TupleTableSlot,
+}
+
+impl Reader {
+    unsafe fn open(
+        store: *mut pg_sys::Tuplestorestate,
+        tupdesc: pg_sys::TupleDesc,
+    ) -> Option<Reader> {
+        if store.is_null() {
+            return None;
+        }
+        let ptr = pg_sys::tuplestore_alloc_read_pointer(store, 0);
+        pg_sys::tuplestore_select_read_pointer(store, ptr);
+        pg_sys::tuplestore_rescan(store);
+        let slot = pg_sys::MakeSingleTupleTableSlot(tupdesc, &pg_sys::TTSOpsMinimalTuple);
+        Some(Reader { store, ptr, slot })
+    }
+
+    /// The next row; valid until the next call.
+    unsafe fn next(&mut self) -> Option<*mut pg_sys::TupleTableSlot> {
+        pg_sys::tuplestore_select_read_pointer(self.store, self.ptr);
+        pg_sys::tuplestore_gettupleslot(self.store, true, false, self.slot).then_some(self.slot)
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        // SAFETY: made by MakeSingleTupleTableSlot in open(), dropped once.
+        unsafe { pg_sys::ExecDropSingleTupleTableSlot(self.slot) };
+    }
+}
+
 /// Walks a transition table, calling `f` with each row in a slot.
 unsafe fn each_row(
     store: *mut pg_sys::Tuplestorestate,
     tupdesc: pg_sys::TupleDesc,
     mut f: impl FnMut(*mut pg_sys::TupleTableSlot),
 ) {
-    if store.is_null() {
-        return;
+    if let Some(mut r) = Reader::open(store, tupdesc) {
+        while let Some(slot) = r.next() {
+            f(slot);
+        }
     }
-    // a read pointer of our own: other triggers of the statement read the same store
-    let ptr = pg_sys::tuplestore_alloc_read_pointer(store, 0);
-    pg_sys::tuplestore_select_read_pointer(store, ptr);
-    pg_sys::tuplestore_rescan(store);
-    let slot = pg_sys::MakeSingleTupleTableSlot(tupdesc, &pg_sys::TTSOpsMinimalTuple);
-    while pg_sys::tuplestore_gettupleslot(store, true, false, slot) {
-        f(slot);
-    }
-    pg_sys::ExecDropSingleTupleTableSlot(slot);
 }
 
 unsafe fn attr(slot: *mut pg_sys::TupleTableSlot, attno: i32) -> Option<pg_sys::Datum> {
@@ -270,6 +300,9 @@ unsafe fn changed_keys(
     watched: &[Column],
 ) -> Vec<String> {
     let text = KeyText::new(tupdesc, key);
+    if let Some(keys) = changed_keys_in_pairs(old, new, tupdesc, key, watched, &text) {
+        return keys;
+    }
     if key.byval {
         // int, bigint, …: match rows by the key's datum and spell out only the keys
         // that changed (most rows of a bulk statement did not)
@@ -278,6 +311,81 @@ unsafe fn changed_keys(
         diff(old, new, tupdesc, watched, ident, spell)
     } else {
         diff(old, new, tupdesc, watched, |slot| text.of(slot, key), |k| k)
+    }
+}
+
+/// An UPDATE stores each row's old and new version together, so the two tables
+/// list the same rows in the same order: compare them pair by pair, in place, no
+/// allocation but for the keys that changed. None when the pairs stop lining up
+/// (a primary key changed): the caller then matches rows by key.
+unsafe fn changed_keys_in_pairs(
+    old: *mut pg_sys::Tuplestorestate,
+    new: *mut pg_sys::Tuplestorestate,
+    tupdesc: pg_sys::TupleDesc,
+    key: &Column,
+    watched: &[Column],
+    text: &KeyText,
+) -> Option<Vec<String>> {
+    let mut o = Reader::open(old, tupdesc)?;
+    let mut n = Reader::open(new, tupdesc)?;
+    let mut keys = Vec::new();
+    loop {
+        match (o.next(), n.next()) {
+            (None, None) => return Some(keys),
+            (Some(os), Some(ns)) if attr(os, key.attno).is_some() && same_value(os, ns, key) => {
+                if !watched.iter().all(|c| same_value(os, ns, c)) {
+                    keys.extend(text.of(ns, key));
+                }
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// Whether a column holds the same value in two rows: equal binary images (for
+/// varlena, equal raw bytes, else equal detoasted contents).
+unsafe fn same_value(
+    a: *mut pg_sys::TupleTableSlot,
+    b: *mut pg_sys::TupleTableSlot,
+    c: &Column,
+) -> bool {
+    let (x, y) = match (attr(a, c.attno), attr(b, c.attno)) {
+        (None, None) => return true,
+        (Some(x), Some(y)) => (x, y),
+        _ => return false,
+    };
+    if c.byval {
+        x.value() == y.value()
+    } else if c.len > 0 {
+        let len = c.len as usize;
+        std::slice::from_raw_parts(x.cast_mut_ptr::<u8>(), len)
+            == std::slice::from_raw_parts(y.cast_mut_ptr::<u8>(), len)
+    } else if c.len == -1 {
+        let (px, py) = (
+            x.cast_mut_ptr::<pg_sys::varlena>(),
+            y.cast_mut_ptr::<pg_sys::varlena>(),
+        );
+        let raw = |p: *mut pg_sys::varlena| {
+            std::slice::from_raw_parts(p.cast::<u8>(), pgrx::varlena::varsize_any(p))
+        };
+        // an unchanged toasted value keeps its toast pointer: equal without fetching it
+        if raw(px) == raw(py) {
+            return true;
+        }
+        let (dx, dy) = (
+            pg_sys::pg_detoast_datum_packed(px),
+            pg_sys::pg_detoast_datum_packed(py),
+        );
+        let same =
+            pgrx::varlena::varlena_to_byte_slice(dx) == pgrx::varlena::varlena_to_byte_slice(dy);
+        for (d, p) in [(dx, px), (dy, py)] {
+            if d != p {
+                pg_sys::pfree(d.cast());
+            }
+        }
+        same
+    } else {
+        CStr::from_ptr(x.cast_mut_ptr()) == CStr::from_ptr(y.cast_mut_ptr())
     }
 }
 
