@@ -116,6 +116,25 @@ fn duplicate_ids(dup: &str) -> ApiError {
 }
 
 /// First id value sent twice in one batch (compared the way lookups compare them).
+/// An input's id, or None after recording why it cannot be used (missing, or a
+/// scripted failure for it).
+fn usable_id<'a>(ctx: &Ctx, id: Option<&'a str>, errors: &mut Vec<ErrEntry>) -> Option<&'a str> {
+    let Some(id) = id else {
+        errors.push(input_error(
+            "VALIDATION_ERROR",
+            "Input is missing its id".into(),
+            None,
+            None,
+        ));
+        return None;
+    };
+    if let Some(msg) = ctx.scripted_failure(id) {
+        errors.push(input_error("VALIDATION_ERROR", msg, Some(id), None));
+        return None;
+    }
+    Some(id)
+}
+
 fn first_duplicate<'a>(keys: impl Iterator<Item = (Option<&'a str>, &'a str)>) -> Option<&'a str> {
     let mut seen = HashSet::new();
     for (prop, v) in keys {
@@ -234,19 +253,9 @@ fn batch_read(ctx: &Ctx, b: BatchBody, started: i64) -> Reply {
         ts.ensure_unique(p);
     }
     for id in &ids {
-        let Some(id) = id else {
-            errors.push(input_error(
-                "VALIDATION_ERROR",
-                "Input is missing its id".into(),
-                None,
-                None,
-            ));
+        let Some(id) = usable_id(ctx, id.as_deref(), &mut errors) else {
             continue;
         };
-        if let Some(msg) = ctx.scripted_failure(id) {
-            errors.push(input_error("VALIDATION_ERROR", msg, Some(id), None));
-            continue;
-        }
         let found = if b.archived {
             ts.find_archived(id)
         } else {
@@ -466,19 +475,9 @@ fn batch_archive(ctx: &Ctx, b: BatchBody, started: i64) -> Reply {
     }
     let now = now_ms();
     for id in &ids {
-        let Some(id) = id else {
-            errors.push(input_error(
-                "VALIDATION_ERROR",
-                "Input is missing its id".into(),
-                None,
-                None,
-            ));
+        let Some(id) = usable_id(ctx, id.as_deref(), &mut errors) else {
             continue;
         };
-        if let Some(msg) = ctx.scripted_failure(id) {
-            errors.push(input_error("VALIDATION_ERROR", msg, Some(id), None));
-            continue;
-        }
         if let Some(oid) = ts.find(id_prop, id) {
             ts.archive(oid, now);
         }
