@@ -11,6 +11,7 @@ mod api;
 mod capture;
 mod engine;
 mod gucs;
+mod latch;
 mod requests;
 mod wake;
 mod worker;

@@ -8,7 +8,7 @@
 //! gives up (cancel) marks its slot abandoned, and the worker frees it.
 
 use crate::engine::Engine;
-use crate::wake;
+use crate::{latch, wake};
 use etlify_core::plan::{Intent, Verdict};
 use pgrx::prelude::*;
 use pgrx::{PGRXSharedMemory, PgLwLock, PgTryBuilder};
@@ -127,7 +127,7 @@ pub fn request(mapping_id: i32, key: &str, remove: bool) -> Verdict {
             break h;
         }
         // every slot busy: wait for one to free up
-        wait(Duration::from_millis(10));
+        latch::backend_wait(Duration::from_millis(10));
     };
     // unconditionally: a pending commit wake may be one the worker is already past
     wake::set_worker_latch();
@@ -145,7 +145,7 @@ pub fn request(mapping_id: i32, key: &str, remove: bool) -> Verdict {
                 return v;
             }
         }
-        wait(Duration::from_millis(100));
+        latch::backend_wait(Duration::from_millis(100));
     }
 }
 
@@ -164,19 +164,6 @@ fn try_fill(mapping_id: i32, key: &str, remove: bool) -> Option<Held> {
     s.key_len = key.len() as u16;
     s.key[..key.len()].copy_from_slice(key.as_bytes());
     Some(Held { index, ticket })
-}
-
-fn wait(d: Duration) {
-    unsafe {
-        pg_sys::WaitLatch(
-            pg_sys::MyLatch,
-            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            d.as_millis() as std::ffi::c_long,
-            pg_sys::PG_WAIT_EXTENSION,
-        );
-        pg_sys::ResetLatch(pg_sys::MyLatch);
-    }
-    pgrx::check_for_interrupts!();
 }
 
 /// Worker side: serves every pending request. Called before each batch.
@@ -228,11 +215,7 @@ pub fn serve(engine: &mut Engine) {
             }
         };
         if let Some(p) = requester.filter(|p| *p >= 0) {
-            // SAFETY: a PGPROC slot lives as long as the cluster.
-            unsafe {
-                let proc = (*pg_sys::ProcGlobal).allProcs.add(p as usize);
-                pg_sys::SetLatch(&raw mut (*proc).procLatch);
-            }
+            latch::set_proc_latch(p);
         }
     }
 }

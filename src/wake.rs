@@ -69,12 +69,7 @@ pub fn set_worker_latch() {
     }
     let proc = WORKER_PROC.get().load(Ordering::Acquire);
     if proc > 0 {
-        // SAFETY: ProcGlobal is set up by the postmaster before any backend runs, and
-        // a PGPROC slot (with its latch) lives as long as the cluster.
-        unsafe {
-            let p = (*pg_sys::ProcGlobal).allProcs.add((proc - 1) as usize);
-            pg_sys::SetLatch(&raw mut (*p).procLatch);
-        }
+        crate::latch::set_proc_latch(proc - 1);
     }
 }
 

@@ -10,7 +10,6 @@ pub mod store;
 use etlify_core::adapter::{self, CrmAdapter, CrmSettings, Outcome, Report};
 use etlify_core::plan::{plan, Claimed, Intent, Resolved, Verdict};
 use pacer::{LocalPacer, Sleeper};
-use pgrx::prelude::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -56,19 +55,9 @@ impl Host {
     }
 }
 
-/// Sleeps in a backend; a cancel or statement_timeout raises an ERROR here.
+/// Sleeps in a backend (cancel and statement_timeout interrupt it).
 fn inline_sleep(d: Duration) -> bool {
-    let ms = d.as_millis().clamp(1, i64::MAX as u128) as std::ffi::c_long;
-    unsafe {
-        pg_sys::WaitLatch(
-            pg_sys::MyLatch,
-            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            ms,
-            pg_sys::PG_WAIT_EXTENSION,
-        );
-        pg_sys::ResetLatch(pg_sys::MyLatch);
-    }
-    pgrx::check_for_interrupts!();
+    crate::latch::backend_wait(d);
     true
 }
 
