@@ -70,9 +70,14 @@ pub struct Resolved {
 
 impl Resolved {
     pub fn new(c: &Claimed, verdict: Verdict) -> Self {
+        Resolved::of(&c.key, c.seq, verdict)
+    }
+
+    /// A verdict for a key (and the change number it was claimed at), nothing else.
+    pub fn of(key: &str, seq: Option<i64>, verdict: Verdict) -> Self {
         Resolved {
-            key: c.key.clone(),
-            seq: c.seq,
+            key: key.to_string(),
+            seq,
             verdict,
             crm_id: None,
             digest: None,

@@ -7,7 +7,7 @@
 mod pacer;
 pub mod store;
 
-use etlify_core::adapter::{self, CrmAdapter, CrmSettings, Outcome, Report};
+use etlify_core::adapter::{self, CrmAdapter, CrmSettings, Outcome, Report, RequestLog};
 use etlify_core::plan::{plan, Claimed, Intent, Resolved, Verdict};
 use pacer::{LocalPacer, Sleeper};
 use serde_json::{json, Value};
@@ -248,12 +248,12 @@ impl Engine {
             Err(e) => {
                 // a registration the adapter cannot use: the CRM's fault, not the records'
                 let error = format!("CRM \"{}\" cannot be used: {e}", w.crm);
-                logs.push(json!({
-                    "operation": "configure",
-                    "records": p.upserts.len() + p.deletes.len(),
-                    "http_status": null,
-                    "duration_ms": 0.0,
-                    "error": error,
+                logs.push(log_entry(&RequestLog {
+                    operation: "configure".into(),
+                    records: p.upserts.len() + p.deletes.len(),
+                    http_status: None,
+                    duration_ms: 0.0,
+                    error: Some(error.clone()),
                 }));
                 for u in &p.upserts {
                     results.push(retry(&u.item.key, u.seq, &error, Duration::from_secs(60)));
@@ -289,7 +289,7 @@ impl Engine {
                         Resolved {
                             crm_id: Some(crm_id.clone()),
                             digest: Some(u.digest),
-                            ..resolved(&u.item.key, u.seq, Verdict::Synced)
+                            ..Resolved::of(&u.item.key, u.seq, Verdict::Synced)
                         }
                     }
                     other => settle(&u.item.key, u.seq, other, &report),
@@ -304,7 +304,7 @@ impl Engine {
         results.extend(
             handed_over
                 .iter()
-                .map(|d| resolved(&d.item.key, d.seq, Verdict::Deleted)),
+                .map(|d| Resolved::of(&d.item.key, d.seq, Verdict::Deleted)),
         );
         for chunk in kept.chunks(batch) {
             if let Some(reason) = hold(crm, stop) {
@@ -348,6 +348,17 @@ fn remaining(crm: &Crm) -> Duration {
         .unwrap_or_default()
 }
 
+/// A request as `etlify._log` takes it.
+fn log_entry(r: &RequestLog) -> Value {
+    json!({
+        "operation": r.operation,
+        "records": r.records,
+        "http_status": r.http_status,
+        "duration_ms": r.duration_ms,
+        "error": r.error,
+    })
+}
+
 /// Takes a report's pause and request log; returns its outcomes by key.
 fn absorb<'a>(
     crm: &mut Crm,
@@ -357,15 +368,7 @@ fn absorb<'a>(
     if let Some(p) = report.pause {
         crm.paused_until = Some(Instant::now() + p);
     }
-    for r in &report.requests {
-        logs.push(json!({
-            "operation": r.operation,
-            "records": r.records,
-            "http_status": r.http_status,
-            "duration_ms": r.duration_ms,
-            "error": r.error,
-        }));
-    }
+    logs.extend(report.requests.iter().map(log_entry));
     report
         .outcomes
         .iter()
@@ -373,23 +376,11 @@ fn absorb<'a>(
         .collect()
 }
 
-fn resolved(key: &str, seq: Option<i64>, verdict: Verdict) -> Resolved {
-    Resolved {
-        key: key.to_string(),
-        seq,
-        verdict,
-        crm_id: None,
-        digest: None,
-        error: None,
-        retry_ms: None,
-    }
-}
-
 fn retry(key: &str, seq: Option<i64>, error: &str, after: Duration) -> Resolved {
     Resolved {
         error: Some(error.to_string()),
         retry_ms: Some(after.as_millis() as u64),
-        ..resolved(key, seq, Verdict::Retry)
+        ..Resolved::of(key, seq, Verdict::Retry)
     }
 }
 
@@ -398,19 +389,19 @@ fn settle(key: &str, seq: Option<i64>, outcome: Option<&&Outcome>, report: &Repo
     match outcome {
         Some(Outcome::Synced { crm_id }) => Resolved {
             crm_id: Some(crm_id.clone()),
-            ..resolved(key, seq, Verdict::Synced)
+            ..Resolved::of(key, seq, Verdict::Synced)
         },
-        Some(Outcome::Deleted) => resolved(key, seq, Verdict::Deleted),
+        Some(Outcome::Deleted) => Resolved::of(key, seq, Verdict::Deleted),
         Some(Outcome::Failed { error }) => Resolved {
             error: Some(error.clone()),
-            ..resolved(key, seq, Verdict::Failed)
+            ..Resolved::of(key, seq, Verdict::Failed)
         },
         Some(Outcome::Retry { error }) => {
             retry(key, seq, error, report.pause.unwrap_or(DEFAULT_RETRY))
         }
         Some(Outcome::Stale { error }) => Resolved {
             error: Some(error.clone()),
-            ..resolved(key, seq, Verdict::Stale)
+            ..Resolved::of(key, seq, Verdict::Stale)
         },
         None => retry(
             key,
