@@ -4,7 +4,7 @@
 //! EXECUTE FUNCTION etlify._capture('<mapping id>', '<key column>', '<watched
 //! column>', …)`, with transition tables for the first three. Per statement it
 //! reads the transition tables directly (no SQL), keeps the keys whose watched
-//! values changed, and appends one row to etlify.changes through a kept plan.
+//! values changed, and appends one row to etlify.changes (straight into the heap).
 //! Writers pay a few microseconds, not a query plan over the transition tables.
 //!
 //! Columns are named, not numbered, in the trigger's arguments: names survive
@@ -32,6 +32,21 @@ struct Column {
     attno: i32,
     byval: bool,
     len: i16,
+}
+
+impl Column {
+    fn of(att: &pg_sys::FormData_pg_attribute) -> Column {
+        Column {
+            attno: att.attnum as i32,
+            byval: att.attbyval,
+            len: att.attlen,
+        }
+    }
+}
+
+/// Attribute `i` (0-based) of a tuple descriptor.
+unsafe fn attribute<'a>(tupdesc: pg_sys::TupleDesc, i: usize) -> &'a pg_sys::FormData_pg_attribute {
+    &*(*tupdesc).attrs.as_ptr().add(i)
 }
 
 #[pg_trigger]
@@ -107,7 +122,7 @@ fn append(mapping_id: i32, keys: Vec<String>) -> Result<(), CaptureError> {
             let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
             let rel = pg_sys::table_open(relid, lock);
             let form = &*(*rel).rd_rel;
-            let att = |i: usize| (*(*rel).rd_att).attrs.as_ptr().add(i).read().atttypid;
+            let att = |i: usize| attribute((*rel).rd_att, i).atttypid;
             let plain = !form.relhasindex
                 && !form.relhastriggers
                 && (*(*rel).rd_att).natts == 3
@@ -166,34 +181,25 @@ fn append_spi(mapping_id: i32, keys: Vec<String>) -> Result<(), CaptureError> {
 }
 
 unsafe fn column(tupdesc: pg_sys::TupleDesc, name: &str) -> Result<Column, CaptureError> {
-    for i in 0..(*tupdesc).natts {
-        let att = &*(*tupdesc).attrs.as_ptr().add(i as usize);
-        if att.attisdropped {
-            continue;
-        }
-        let attname = CStr::from_ptr(att.attname.data.as_ptr());
-        if attname.to_bytes() == name.as_bytes() {
-            return Ok(Column {
-                attno: att.attnum as i32,
-                byval: att.attbyval,
-                len: att.attlen,
-            });
-        }
-    }
-    Err(CaptureError::Setup(format!(
-        "cannot find column \"{name}\"; was it renamed or dropped? Declare the mapping again (etlify.unsync_table, etlify.sync_table)"
-    )))
+    (0..(*tupdesc).natts as usize)
+        .map(|i| attribute(tupdesc, i))
+        .find(|att| {
+            !att.attisdropped
+                && CStr::from_ptr(att.attname.data.as_ptr()).to_bytes() == name.as_bytes()
+        })
+        .map(Column::of)
+        .ok_or_else(|| {
+            CaptureError::Setup(format!(
+                "cannot find column \"{name}\"; was it renamed or dropped? Declare the mapping again (etlify.unsync_table, etlify.sync_table)"
+            ))
+        })
 }
 
 unsafe fn all_columns(tupdesc: pg_sys::TupleDesc) -> Vec<Column> {
-    (0..(*tupdesc).natts)
-        .map(|i| &*(*tupdesc).attrs.as_ptr().add(i as usize))
+    (0..(*tupdesc).natts as usize)
+        .map(|i| attribute(tupdesc, i))
         .filter(|att| !att.attisdropped)
-        .map(|att| Column {
-            attno: att.attnum as i32,
-            byval: att.attbyval,
-            len: att.attlen,
-        })
+        .map(Column::of)
         .collect()
 }
 
@@ -260,7 +266,7 @@ struct KeyText {
 
 impl KeyText {
     unsafe fn new(tupdesc: pg_sys::TupleDesc, key: &Column) -> Self {
-        let att = &*(*tupdesc).attrs.as_ptr().add((key.attno - 1) as usize);
+        let att = attribute(tupdesc, (key.attno - 1) as usize);
         let mut out_fn = pg_sys::InvalidOid;
         let mut varlena = false;
         pg_sys::getTypeOutputInfo(att.atttypid, &mut out_fn, &mut varlena);
@@ -342,50 +348,52 @@ unsafe fn changed_keys_in_pairs(
     }
 }
 
-/// Whether a column holds the same value in two rows: equal binary images (for
-/// varlena, equal raw bytes, else equal detoasted contents).
+/// Whether a column holds the same value in two rows: equal binary images.
 unsafe fn same_value(
     a: *mut pg_sys::TupleTableSlot,
     b: *mut pg_sys::TupleTableSlot,
     c: &Column,
 ) -> bool {
-    let (x, y) = match (attr(a, c.attno), attr(b, c.attno)) {
-        (None, None) => return true,
-        (Some(x), Some(y)) => (x, y),
-        _ => return false,
-    };
-    if c.byval {
-        x.value() == y.value()
-    } else if c.len > 0 {
-        let len = c.len as usize;
-        std::slice::from_raw_parts(x.cast_mut_ptr::<u8>(), len)
-            == std::slice::from_raw_parts(y.cast_mut_ptr::<u8>(), len)
-    } else if c.len == -1 {
-        let (px, py) = (
-            x.cast_mut_ptr::<pg_sys::varlena>(),
-            y.cast_mut_ptr::<pg_sys::varlena>(),
-        );
-        let raw = |p: *mut pg_sys::varlena| {
-            std::slice::from_raw_parts(p.cast::<u8>(), pgrx::varlena::varsize_any(p))
-        };
-        // an unchanged toasted value keeps its toast pointer: equal without fetching it
-        if raw(px) == raw(py) {
-            return true;
-        }
-        let (dx, dy) = (
-            pg_sys::pg_detoast_datum_packed(px),
-            pg_sys::pg_detoast_datum_packed(py),
-        );
-        let same =
-            pgrx::varlena::varlena_to_byte_slice(dx) == pgrx::varlena::varlena_to_byte_slice(dy);
-        for (d, p) in [(dx, px), (dy, py)] {
-            if d != p {
-                pg_sys::pfree(d.cast());
+    match (attr(a, c.attno), attr(b, c.attno)) {
+        (None, None) => true,
+        (Some(x), Some(y)) => {
+            // an unchanged toasted value keeps its toast pointer: equal without
+            // fetching it
+            if c.len == -1 {
+                let raw = |d: pg_sys::Datum| {
+                    let p = d.cast_mut_ptr::<pg_sys::varlena>();
+                    std::slice::from_raw_parts(p.cast::<u8>(), pgrx::varlena::varsize_any(p))
+                };
+                if raw(x) == raw(y) {
+                    return true;
+                }
             }
+            with_image(x, c, |ix| with_image(y, c, |iy| ix == iy))
         }
-        same
+        _ => false,
+    }
+}
+
+/// Calls `f` with a value's binary image: equal images mean equal values.
+/// (Different images of equal values, e.g. 1.0 and 1.00, only cost a check that
+/// finds the payload unchanged.) Toasted values are compared by content.
+unsafe fn with_image<R>(d: pg_sys::Datum, c: &Column, f: impl FnOnce(&[u8]) -> R) -> R {
+    if c.byval {
+        f(&(d.value() as u64).to_ne_bytes())
+    } else if c.len > 0 {
+        f(std::slice::from_raw_parts(
+            d.cast_mut_ptr::<u8>(),
+            c.len as usize,
+        ))
+    } else if c.len == -1 {
+        let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+        let r = f(pgrx::varlena::varlena_to_byte_slice(v));
+        if v != d.cast_mut_ptr() {
+            pg_sys::pfree(v.cast());
+        }
+        r
     } else {
-        CStr::from_ptr(x.cast_mut_ptr()) == CStr::from_ptr(y.cast_mut_ptr())
+        f(CStr::from_ptr(d.cast_mut_ptr()).to_bytes())
     }
 }
 
@@ -431,33 +439,13 @@ unsafe fn diff<K: std::hash::Hash + Eq>(
     keys
 }
 
-/// Appends a value's binary image to `out`, length-prefixed (NULL: a marker), for
-/// "did it change": equal images mean equal values. (Different images of equal
-/// values, e.g. 1.0 and 1.00, only cost a check that finds the payload unchanged.)
-/// Toasted values are compared by content.
+/// Appends a value's binary image to `out`, length-prefixed (NULL: a marker).
 unsafe fn push_image(out: &mut Vec<u8>, slot: *mut pg_sys::TupleTableSlot, c: &Column) {
-    let Some(d) = attr(slot, c.attno) else {
-        out.extend_from_slice(&u32::MAX.to_ne_bytes());
-        return;
-    };
-    let mut put = |bytes: &[u8]| {
-        out.extend_from_slice(&(bytes.len() as u32).to_ne_bytes());
-        out.extend_from_slice(bytes);
-    };
-    if c.byval {
-        put(&(d.value() as u64).to_ne_bytes());
-    } else if c.len > 0 {
-        put(std::slice::from_raw_parts(
-            d.cast_mut_ptr::<u8>(),
-            c.len as usize,
-        ));
-    } else if c.len == -1 {
-        let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-        put(pgrx::varlena::varlena_to_byte_slice(v));
-        if v != d.cast_mut_ptr() {
-            pg_sys::pfree(v.cast());
-        }
-    } else {
-        put(CStr::from_ptr(d.cast_mut_ptr()).to_bytes());
+    match attr(slot, c.attno) {
+        None => out.extend_from_slice(&u32::MAX.to_ne_bytes()),
+        Some(d) => with_image(d, c, |bytes| {
+            out.extend_from_slice(&(bytes.len() as u32).to_ne_bytes());
+            out.extend_from_slice(bytes);
+        }),
     }
 }
