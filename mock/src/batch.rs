@@ -290,12 +290,15 @@ struct Prepared {
     trace: Option<String>,
 }
 
-fn prepare(ctx: &Ctx, b: BatchBody) -> Vec<Prepared> {
+/// Err: the batch names one id twice (HubSpot refuses the whole batch).
+fn prepare(ctx: &Ctx, b: BatchBody) -> Result<Vec<Prepared>, Reply> {
+    let n = b.inputs.len();
     let default_prop = b
         .id_property
         .clone()
         .or(ctx.query.get("idProperty").map(str::to_owned));
-    b.inputs
+    let prepared: Vec<Prepared> = b
+        .inputs
         .into_iter()
         .map(|i| Prepared {
             id: id_string(&i.id),
@@ -306,19 +309,23 @@ fn prepare(ctx: &Ctx, b: BatchBody) -> Vec<Prepared> {
             changes: to_changes(i.properties),
             trace: i.trace,
         })
-        .collect()
-}
-
-fn batch_update(ctx: &Ctx, b: BatchBody, started: i64) -> Reply {
-    let n = b.inputs.len();
-    let prepared = prepare(ctx, b);
+        .collect();
     if let Some(d) = first_duplicate(
         prepared
             .iter()
             .filter_map(|p| p.id.as_deref().map(|id| (p.id_prop.as_deref(), id))),
     ) {
-        return Reply::err(duplicate_ids(d), n);
+        return Err(Reply::err(duplicate_ids(d), n));
     }
+    Ok(prepared)
+}
+
+fn batch_update(ctx: &Ctx, b: BatchBody, started: i64) -> Reply {
+    let n = b.inputs.len();
+    let prepared = match prepare(ctx, b) {
+        Ok(p) => p,
+        Err(reply) => return reply,
+    };
     let mut errors = Vec::new();
     let mut done = Vec::with_capacity(n);
     let mut store = ctx.store();
@@ -382,14 +389,10 @@ fn batch_update(ctx: &Ctx, b: BatchBody, started: i64) -> Reply {
 fn batch_upsert(ctx: &Ctx, b: BatchBody, started: i64) -> Reply {
     let n = b.inputs.len();
     let t = ctx.object_type;
-    let prepared = prepare(ctx, b);
-    if let Some(d) = first_duplicate(
-        prepared
-            .iter()
-            .filter_map(|p| p.id.as_deref().map(|id| (p.id_prop.as_deref(), id))),
-    ) {
-        return Reply::err(duplicate_ids(d), n);
-    }
+    let prepared = match prepare(ctx, b) {
+        Ok(p) => p,
+        Err(reply) => return reply,
+    };
     let mut errors = Vec::new();
     let mut done = Vec::with_capacity(n);
     let mut store = ctx.store();
