@@ -35,6 +35,14 @@ fn wait_contact(env: &Env, mail: &str, what: &str, ok: impl Fn(&Value) -> bool) 
     })
 }
 
+/// Asserts an error's SQLSTATE and, unless `text` is empty, that its message says
+/// `text`; `what` names the statement in the failure message.
+fn assert_error(err: &postgres::Error, state: &SqlState, text: &str, what: &str) {
+    let message = error_text(err);
+    assert_eq!(err.code(), Some(state), "{what}: {message}");
+    assert!(message.contains(text), "{what}: {message}");
+}
+
 fn count(db: &mut Client, sql: &str) -> i64 {
     db.query_one(sql, &[])
         .unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)))
@@ -164,16 +172,11 @@ fn non_superuser_writer_is_synced_and_reads_nothing_of_etlify() {
         let err = w
             .query(&format!("SELECT * FROM {rel}"), &[])
             .expect_err(&format!("app_writer must not read {rel}"));
-        assert_eq!(
-            err.code(),
-            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
-            "{rel}: {}",
-            error_text(&err)
-        );
-        assert!(
-            error_text(&err).contains("permission denied"),
-            "{rel}: {}",
-            error_text(&err)
+        assert_error(
+            &err,
+            &SqlState::INSUFFICIENT_PRIVILEGE,
+            "permission denied",
+            rel,
         );
     }
     // nor runs the operations
@@ -183,12 +186,7 @@ fn non_superuser_writer_is_synced_and_reads_nothing_of_etlify() {
         "SELECT etlify.register_crm('evil', 'null')",
     ] {
         let err = w.query(call, &[]).expect_err(call);
-        assert_eq!(
-            err.code(),
-            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
-            "{call}: {}",
-            error_text(&err)
-        );
+        assert_error(&err, &SqlState::INSUFFICIENT_PRIVILEGE, "", call);
     }
 }
 
@@ -233,11 +231,11 @@ fn serializer_runs_as_the_mapping_owner_never_as_superuser() {
     let err = s
         .batch_execute(sync_people)
         .expect_err("sync_table is not executable by PUBLIC");
-    assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
-    assert!(
-        error_text(&err).contains("sync_table"),
-        "{}",
-        error_text(&err)
+    assert_error(
+        &err,
+        &SqlState::INSUFFICIENT_PRIVILEGE,
+        "sync_table",
+        "sync_table as app_owner",
     );
     s.batch_execute("RESET ROLE").unwrap();
 
@@ -827,16 +825,11 @@ fn sync_is_interruptible_by_statement_timeout_and_cancel() {
         .query_one("SELECT etlify.sync('hubspot', 'users', '1')", &[])
         .expect_err("sync must be cut off by statement_timeout");
     let took = t0.elapsed();
-    assert_eq!(
-        err.code(),
-        Some(&SqlState::QUERY_CANCELED),
-        "{}",
-        error_text(&err)
-    );
-    assert!(
-        error_text(&err).contains("statement timeout"),
-        "{}",
-        error_text(&err)
+    assert_error(
+        &err,
+        &SqlState::QUERY_CANCELED,
+        "statement timeout",
+        "sync('1')",
     );
     assert!(
         took < Duration::from_millis(2500),
@@ -854,12 +847,7 @@ fn sync_is_interruptible_by_statement_timeout_and_cancel() {
             .db
             .query_one("SELECT etlify.sync('hubspot', 'users', '1')", &[])
             .expect_err("sync must be cut off by statement_timeout");
-        assert_eq!(
-            err.code(),
-            Some(&SqlState::QUERY_CANCELED),
-            "round {i}: {}",
-            error_text(&err)
-        );
+        assert_error(&err, &SqlState::QUERY_CANCELED, "", &format!("round {i}"));
         assert!(
             t.elapsed() < Duration::from_millis(2500),
             "round {i}: {:?}",
@@ -903,17 +891,7 @@ fn sync_is_interruptible_by_statement_timeout_and_cancel() {
     );
     let (result, ended) = waiter.join().expect("waiter thread");
     let err = result.expect_err("sync('2') must be cancelled");
-    assert_eq!(
-        err.code(),
-        Some(&SqlState::QUERY_CANCELED),
-        "{}",
-        error_text(&err)
-    );
-    assert!(
-        error_text(&err).contains("user request"),
-        "{}",
-        error_text(&err)
-    );
+    assert_error(&err, &SqlState::QUERY_CANCELED, "user request", "sync('2')");
     let after = ended.saturating_duration_since(cancelled_at);
     assert!(after < Duration::from_millis(2500), "cancel took {after:?}");
     eprintln!("sync() cancelled {after:?} after pg_cancel_backend");
