@@ -42,9 +42,11 @@ pub fn _wake() {
     });
 }
 
-/// True when the current transaction has enqueued changes: its uncommitted queue
-/// rows are locked until it ends, so the worker must not be asked to wait on them
-/// while this backend waits on the worker.
+/// True when the current transaction has marked records dirty. Some of those
+/// paths (enqueue, reset_errors, TRUNCATE) hold queue rows until it ends, and the
+/// worker must not be asked to wait on them while this backend waits on the
+/// worker. (Changes captured by the trigger hold no queue row; they set this
+/// too, which only sends such a transaction's sync() inline.)
 pub fn transaction_enqueued() -> bool {
     WAKE_REGISTERED.with(|w| w.get())
 }

@@ -117,16 +117,17 @@ pub fn bulk(b: &mut Bench, rounds: usize) -> (AB, i64) {
 }
 
 /// Single-row UPDATEs in a session that has run a bulk UPDATE of each table first,
-/// timed one by one (µs), alternating tables. A PL/pgSQL trigger keeps the plan of
-/// its first run in the session: this shows what a plan made for a bulk statement
-/// costs every later single-row statement of that session.
+/// timed one by one (µs), alternating tables. Guards against per-session state a
+/// bulk statement leaves behind: an earlier PL/pgSQL trigger kept the plan of its
+/// first run, and one made for a bulk statement cost every later single-row
+/// statement of that session a JIT compile.
 pub fn single_after_bulk(b: &mut Bench, rows: i64, samples: usize) -> AB {
     let mut db = b.cluster.client();
     for table in [MAPPED, PLAIN] {
         prepare(b, table);
     }
-    // No TRUNCATE, VACUUM or ANALYZE of etlify.queue from here on: any of them
-    // invalidates the trigger's cached plans and hides what this measures.
+    // No TRUNCATE, VACUUM or ANALYZE of etlify's tables from here on: any of them
+    // invalidates cached plans and would hide such per-session state.
     for table in [MAPPED, PLAIN] {
         let sql = format!("UPDATE {table} SET first_name = first_name || 'x'");
         db.batch_execute(&sql)
