@@ -1,4 +1,15 @@
 -- etlify catalog and state. Runs first in CREATE EXTENSION (schema etlify already exists).
+
+-- Members of etlify_admin may declare mappings on the tables they own and use every
+-- operation and view (see the grants at the end of operations.sql). Everything
+-- else in schema etlify is closed to other roles.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'etlify_admin') THEN
+        CREATE ROLE etlify_admin NOLOGIN;
+    END IF;
+END
+$$;
 --
 -- Three kinds of tables:
 --   configuration  crms, crm_secrets, mappings      dumped by pg_dump (pg_extension_config_dump)
@@ -31,8 +42,9 @@ CREATE TABLE etlify.mappings (
     source            regclass NOT NULL,
     object_type       text NOT NULL,
     id_property       text NOT NULL,
-    -- regprocedure text (e.g. public.contact_payload(users)): text, not regproc, so
-    -- pg_upgrade accepts the table and pg_dump restores it by name
+    -- the serializer as declared (regprocedure text). The mapping's capture
+    -- triggers hold the real reference (a dependency, see _install_capture), which
+    -- follows renames and refuses DROP FUNCTION; this column is for people.
     serializer        text NOT NULL,
     watch             text[],
     sync_if           text,
@@ -40,12 +52,11 @@ CREATE TABLE etlify.mappings (
     sync_dependencies jsonb,
     -- the role that declared the mapping: serializers and sync_if run as this role
     owner             regrole NOT NULL,
+    -- search_path in force at sync_table: serializers and sync_if resolve names with it
+    search_path       text NOT NULL,
     -- the source's primary key column and type, fixed at declaration time
     key_column        name NOT NULL,
     key_type          regtype NOT NULL,
-    -- generated at declaration time (quoted identifiers only): loads and serializes
-    -- a batch of keys in one statement. $1 = text[] of keys.
-    fetch_sql         text NOT NULL,
     created_at        timestamptz NOT NULL DEFAULT now(),
     UNIQUE (crm, source)
 );
@@ -54,11 +65,23 @@ CREATE TABLE etlify.mappings (
 -- with the changed keys. Append-only, no index, no foreign key: the cheapest write
 -- there is, so that writers barely notice the mapping. The drain absorbs these
 -- rows into etlify.queue (etlify._absorb) before each round.
+-- Only the capture trigger writes here (no role has INSERT: it writes the heap
+-- itself, or through SPI as the table's owner).
 CREATE TABLE etlify.changes (
     mapping_id int NOT NULL,
     keys       text[] NOT NULL,
-    at         timestamptz NOT NULL DEFAULT now()
+    at         timestamptz NOT NULL DEFAULT now(),
+    -- primary-key moves of the statement, as pairs: old1, new1, old2, new2, ...
+    moves      text[],
+    -- a TRUNCATE: every record of the mapping may be gone
+    truncated  boolean NOT NULL DEFAULT false,
+    -- statements whose order matters (moves, truncates) are numbered from
+    -- etlify.change_seq; NULL for plain changes, which commute
+    seq        bigint
 );
+-- Publications FOR ALL TABLES include this table: without a replica identity,
+-- the drain could not delete absorbed rows.
+ALTER TABLE etlify.changes REPLICA IDENTITY FULL;
 
 -- A bulk statement's keys make one large array: lz4 stores it in about half the
 -- time pglz takes (measured: 13 ms against 26 ms for 100k keys). Servers built
@@ -107,6 +130,15 @@ CREATE TABLE etlify.records (
     updated_at     timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (mapping_id, key)
 );
+-- "does another record hold this CRM object?": asked before every archive, so that
+-- the object of a row that exists is never archived
+CREATE INDEX records_crm_id ON etlify.records (mapping_id, crm_id) WHERE crm_id IS NOT NULL;
+
+-- One row; whoever applies ordered changes (moves, truncates) holds its lock, so
+-- that they are applied in order and once. A table row rather than an advisory
+-- lock: no other role can take it.
+CREATE TABLE etlify.absorb_lock (one boolean PRIMARY KEY DEFAULT true CHECK (one));
+INSERT INTO etlify.absorb_lock DEFAULT VALUES;
 
 -- Mappings removed (unsync_table, DROP TABLE) whose queued changes and sync state
 -- the drain still has to delete. Done there, in the drain's own transaction, so
@@ -131,11 +163,9 @@ CREATE TABLE etlify.sync_log_entries (
 
 REVOKE ALL ON ALL TABLES IN SCHEMA etlify FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA etlify FROM PUBLIC;
--- The capture triggers run as the writing role (no SECURITY DEFINER: cheaper, and
--- no definer's rights to guard). All a writer can do here is append keys that the
--- worker then reconciles to the rows as they are; it reads nothing.
+-- The capture triggers run as the writing role, who needs no privilege here: the
+-- trigger writes etlify.changes itself (src/capture.rs).
 GRANT USAGE ON SCHEMA etlify TO PUBLIC;
-GRANT INSERT ON etlify.changes TO PUBLIC;
 
 -- pg_dump keeps the configuration; state is rebuilt by a backfill after a restore.
 SELECT pg_catalog.pg_extension_config_dump('etlify.crms', '');

@@ -1,6 +1,42 @@
 -- Declarations: register_crm, sync_table, unsync_table, and the change-capture
 -- triggers they generate. Every check runs before anything is written, and each
 -- function is one statement, so a failed declaration leaves nothing behind.
+--
+-- Who may do what: superusers and members of etlify_admin call these (grants in
+-- operations.sql). The work that needs more than the caller's rights (catalog
+-- rows, triggers) runs in SECURITY DEFINER functions with a pinned search_path,
+-- which check the caller themselves: etlify._caller() is the role the session acts
+-- as, outside every security-definer function.
+
+-- 42501 unless the caller is a superuser or a member of the role owning p_source.
+CREATE FUNCTION etlify._require_owner(p_source regclass, p_what text) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_caller oid := etlify._caller();
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = v_caller AND r.rolsuper)
+       AND NOT pg_has_role(v_caller, (SELECT c.relowner FROM pg_class c WHERE c.oid = p_source), 'USAGE') THEN
+        RAISE EXCEPTION '%: permission denied: role "%" does not own table %', p_what, v_caller::regrole, p_source
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+END
+$$;
+
+-- 42501 unless the caller may read p_source: sync state, CRM ids and operations on
+-- a table's records are for those who can read it.
+CREATE FUNCTION etlify._require_select(p_source regclass, p_what text) RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT has_table_privilege(etlify._caller(), p_source, 'SELECT') THEN
+        RAISE EXCEPTION '%: permission denied for table %', p_what, p_source
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+END
+$$;
 
 CREATE FUNCTION etlify.register_crm(
     name            text,
@@ -13,25 +49,34 @@ CREATE FUNCTION etlify.register_crm(
     max_sync_errors int      DEFAULT 3,
     batch_size      int      DEFAULT NULL
 ) RETURNS void
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
     v_name   ALIAS FOR $1;
     v_config jsonb := coalesce($3, '{}');
+    v_old    etlify.crms;
 BEGIN
     IF v_name IS NULL OR btrim(v_name) = '' THEN
-        RAISE EXCEPTION 'etlify.register_crm: name must not be empty';
+        RAISE EXCEPTION 'etlify.register_crm: name must not be empty' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF $6 IS NOT NULL AND $6 <= 0 THEN
-        RAISE EXCEPTION 'etlify.register_crm: rate_limit must be positive, got %', $6;
+        RAISE EXCEPTION 'etlify.register_crm: rate_limit must be positive, got %', $6 USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF $7 IS NULL OR $7 <= interval '0' THEN
-        RAISE EXCEPTION 'etlify.register_crm: rate_period must be a positive interval, got %', $7;
+        RAISE EXCEPTION 'etlify.register_crm: rate_period must be a positive interval, got %', $7 USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF $8 IS NULL OR $8 <= 0 THEN
-        RAISE EXCEPTION 'etlify.register_crm: max_sync_errors must be positive, got %', $8;
+        RAISE EXCEPTION 'etlify.register_crm: max_sync_errors must be positive, got %', $8 USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO v_old FROM etlify.crms c WHERE c.name = v_name;
+    -- The stored token goes wherever adapter and config say: a role that is not a
+    -- superuser may not point it elsewhere without knowing it.
+    IF FOUND AND $4 IS NULL AND (v_old.adapter IS DISTINCT FROM $2 OR v_old.config IS DISTINCT FROM v_config)
+       AND NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = etlify._caller() AND r.rolsuper) THEN
+        RAISE EXCEPTION 'etlify.register_crm: give the secret of CRM "%" again to change its adapter or config', v_name
+            USING ERRCODE = 'insufficient_privilege';
     END IF;
     -- adapter name, its config keys and the batch size it can take (Rust: etlify_core::validate)
     PERFORM etlify._validate_adapter($2, v_config, $9,
@@ -55,32 +100,6 @@ BEGIN
 END
 $$;
 
--- TRUNCATE of a source: every record with a CRM id is dirty (its row is gone, so
--- the drain archives it). Security definer: the truncating role cannot read
--- etlify.records.
-CREATE FUNCTION etlify._enqueue_synced(p_mapping int) RETURNS void
-LANGUAGE sql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-    -- in key order, like every multi-row write of queue rows: two writers that lock
-    -- the same rows in the same order cannot deadlock
-    INSERT INTO etlify.queue AS q (mapping_id, key, change_seq)
-    SELECT r.mapping_id, r.key, (SELECT nextval('etlify.change_seq'))
-      FROM etlify.records r WHERE r.mapping_id = p_mapping AND r.crm_id IS NOT NULL
-     ORDER BY r.key
-    ON CONFLICT (mapping_id, key) DO UPDATE SET change_seq = EXCLUDED.change_seq;
-$$;
-
--- Removes a mapping. Its queue rows and sync state are deleted later by the drain
--- (etlify._collect_forgotten): the mapping row is all the caller's DDL touches.
-CREATE FUNCTION etlify._forget_mapping(p_mapping int) RETURNS void
-LANGUAGE sql
-SET search_path = pg_catalog, pg_temp
-AS $$
-    DELETE FROM etlify.mappings WHERE id = p_mapping;
-    INSERT INTO etlify.forgotten (mapping_id) VALUES (p_mapping) ON CONFLICT DO NOTHING;
-$$;
-
 -- The capture triggers of one mapping: etlify._capture (src/capture.rs), once per
 -- event, with the mapping id, the key column and the watched columns as arguments
 -- (no watched column: every column). Postgres allows transition tables only on
@@ -88,6 +107,7 @@ $$;
 CREATE FUNCTION etlify._capture_events()
 RETURNS TABLE (suffix text, event text, transition_tables text)
 LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
 AS $$
     VALUES ('_ins',   'INSERT',   'REFERENCING NEW TABLE AS etlify_new'),
            ('_upd',   'UPDATE',   'REFERENCING OLD TABLE AS etlify_old NEW TABLE AS etlify_new'),
@@ -95,7 +115,12 @@ AS $$
            ('_trunc', 'TRUNCATE', '');
 $$;
 
-CREATE FUNCTION etlify._install_capture(p_mapping etlify.mappings) RETURNS void
+-- The triggers also hold the mapping's reference to its serializer: their WHEN
+-- clause names it as a regprocedure constant, which Postgres records as a
+-- dependency. So the reference follows renames of the function and its schema,
+-- DROP FUNCTION is refused while the mapping exists, and pg_dump writes it by name.
+-- (A regprocedure column would do the same but pg_upgrade refuses such tables.)
+CREATE FUNCTION etlify._install_capture(p_mapping etlify.mappings, p_serializer regprocedure) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -108,8 +133,10 @@ BEGIN
       INTO v_args
       FROM unnest(ARRAY[p_mapping.id::text, p_mapping.key_column::text] || coalesce(p_mapping.watch, '{}')) AS a;
     FOR e IN SELECT * FROM etlify._capture_events() LOOP
-        EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s %s FOR EACH STATEMENT EXECUTE FUNCTION etlify._capture(%s)',
-                       v_trg || e.suffix, e.event, p_mapping.source, e.transition_tables, v_args);
+        EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s %s FOR EACH STATEMENT '
+                       'WHEN (%L::pg_catalog.regprocedure IS NOT NULL) EXECUTE FUNCTION etlify._capture(%s)',
+                       v_trg || e.suffix, e.event, p_mapping.source, e.transition_tables,
+                       p_serializer::text, v_args);
         -- Not extension members (pg_dump must still dump them with the user's
         -- table), but dropped with the extension so that no trigger outlives it.
         EXECUTE format('ALTER TRIGGER %I ON %s DEPENDS ON EXTENSION etlify', v_trg || e.suffix, p_mapping.source);
@@ -130,6 +157,184 @@ BEGIN
 END
 $$;
 
+-- The serializer a mapping's triggers depend on (NULL if they are gone).
+CREATE FUNCTION etlify._serializer(p_mapping etlify.mappings) RETURNS regprocedure
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT d.refobjid::regprocedure
+      FROM pg_trigger t
+      JOIN pg_depend d ON d.classid = 'pg_trigger'::regclass AND d.objid = t.oid
+                      AND d.refclassid = 'pg_proc'::regclass AND d.deptype = 'n'
+     WHERE t.tgrelid = p_mapping.source AND t.tgname = 'etlify_capture_' || p_mapping.id || '_ins'
+       AND d.refobjid <> 'etlify._capture'::regproc
+     LIMIT 1;
+$$;
+
+-- The statement that loads and serializes a batch of keys ($1, text[]), one row
+-- per key in the order given: key, present (the row exists), included (sync_if
+-- holds), payload. Built from the catalog as it is now, so renames are followed.
+-- It runs as the mapping's owner with the mapping's search_path, so every name of
+-- ours in it is qualified; sync_if is the user's own expression (the newline ends
+-- a trailing "--" comment in it). The serializer sits in the outer target list so
+-- that it runs once per joined row only: inside a lateral subquery the planner may
+-- flatten it into a scan that serializes the whole table before the join.
+CREATE FUNCTION etlify._fetch_sql(p_mapping etlify.mappings, p_serializer regprocedure) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT format(
+        'SELECT k._etlify_key AS key, t.%1$I IS NOT NULL AS present, '
+        't.%1$I IS NOT NULL AND coalesce((%2$s' || E'\n' || '), false) AS included, '
+        'CASE WHEN t.%1$I IS NOT NULL AND (%2$s' || E'\n' || ') THEN %3$I.%4$I(t) END AS payload '
+        'FROM pg_catalog.unnest($1::pg_catalog.text[]) WITH ORDINALITY AS k(_etlify_key, _etlify_ord) '
+        'LEFT JOIN %5$s %6$s t ON t.%1$I OPERATOR(pg_catalog.=) k._etlify_key::%7$s '
+        'ORDER BY k._etlify_ord',
+        p_mapping.key_column, coalesce(p_mapping.sync_if, 'true'), n.nspname, p.proname,
+        -- inherited children are not the source; a partitioned table is its partitions
+        CASE WHEN c.relkind = 'p' THEN '' ELSE 'ONLY' END, p_mapping.source, p_mapping.key_type)
+      FROM pg_proc p
+      JOIN pg_namespace n ON n.oid = p.pronamespace
+      JOIN pg_class c ON c.oid = p_mapping.source
+     WHERE p.oid = p_serializer;
+$$;
+
+-- sync_table's SQL half, as the extension's owner: checks that need catalog access,
+-- then the mapping row and its triggers. p_search_path is the caller's.
+CREATE FUNCTION etlify._declare_mapping(
+    p_crm text, p_source regclass, p_object_type text, p_id_property text, p_serializer regproc,
+    p_watch text[], p_sync_if text, p_dependencies jsonb, p_sync_dependencies jsonb,
+    p_backfill boolean, p_search_path text
+) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+-- backfilled keys are written in canonical form (see etlify._canonical_key)
+SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
+AS $$
+DECLARE
+    v_caller   oid := etlify._caller();
+    v_relkind  "char";
+    v_rowtype  oid;
+    v_pk       int2[];
+    v_key_col  name;
+    v_key_type regtype;
+    v_proc     pg_proc;
+    v_col      text;
+    v_mapping  etlify.mappings;
+BEGIN
+    IF p_crm IS NULL OR NOT EXISTS (SELECT 1 FROM etlify.crms c WHERE c.name = p_crm) THEN
+        RAISE EXCEPTION 'etlify.sync_table: unknown CRM "%"', p_crm
+            USING ERRCODE = 'undefined_object', HINT = 'Register it first with etlify.register_crm().';
+    END IF;
+    IF p_source IS NULL THEN
+        RAISE EXCEPTION 'etlify.sync_table: source must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT c.relkind, c.reltype INTO v_relkind, v_rowtype FROM pg_class c WHERE c.oid = p_source;
+    IF v_relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'etlify.sync_table: source % is not a table', p_source USING ERRCODE = 'wrong_object_type';
+    END IF;
+    PERFORM etlify._require_owner(p_source, 'etlify.sync_table');
+    IF coalesce(btrim(p_object_type), '') = '' THEN
+        RAISE EXCEPTION 'etlify.sync_table: object_type must not be empty (source %)', p_source USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF coalesce(btrim(p_id_property), '') = '' THEN
+        RAISE EXCEPTION 'etlify.sync_table: id_property must not be empty (source %)', p_source USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF EXISTS (SELECT 1 FROM etlify.mappings m WHERE m.crm = p_crm AND m.source = p_source) THEN
+        RAISE EXCEPTION 'etlify.sync_table: % is already synced to CRM "%"', p_source, p_crm
+            USING ERRCODE = 'duplicate_object', HINT = 'Call etlify.unsync_table() first to change the declaration.';
+    END IF;
+
+    -- primary key: one column (its text form is the record's key)
+    -- (int2vector casts to a 0-based array: go through text for a 1-based one)
+    SELECT string_to_array(i.indkey::text, ' ')::int2[] INTO v_pk FROM pg_index i WHERE i.indrelid = p_source AND i.indisprimary;
+    IF v_pk IS NULL THEN
+        RAISE EXCEPTION 'etlify.sync_table: table % has no primary key', p_source
+            USING ERRCODE = 'invalid_table_definition', HINT = 'etlify identifies records by their primary key; add one.';
+    END IF;
+    IF cardinality(v_pk) <> 1 THEN
+        RAISE EXCEPTION 'etlify.sync_table: table % has a composite primary key, which is not supported yet', p_source
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    SELECT a.attname, a.atttypid::regtype INTO v_key_col, v_key_type
+      FROM pg_attribute a WHERE a.attrelid = p_source AND a.attnum = v_pk[1];
+
+    -- serializer: function(source_row_type) RETURNS jsonb, that the caller may run
+    IF p_serializer IS NULL THEN
+        RAISE EXCEPTION 'etlify.sync_table: serializer must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT * INTO v_proc FROM pg_proc p WHERE p.oid = p_serializer;
+    IF v_proc.pronargs <> 1 OR v_proc.proargtypes[0] <> v_rowtype
+       OR v_proc.prorettype <> 'jsonb'::regtype OR v_proc.proretset OR v_proc.prokind <> 'f' THEN
+        RAISE EXCEPTION 'etlify.sync_table: serializer % must be a function(%) RETURNS jsonb, but it is %(%) RETURNS %',
+            p_serializer, p_source, p_serializer, pg_get_function_identity_arguments(p_serializer),
+            CASE WHEN v_proc.proretset THEN 'SETOF ' ELSE '' END || v_proc.prorettype::regtype::text
+            USING ERRCODE = 'invalid_function_definition';
+    END IF;
+    IF NOT has_function_privilege(v_caller, p_serializer, 'EXECUTE') THEN
+        RAISE EXCEPTION 'etlify.sync_table: permission denied for function %', p_serializer
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+
+    -- watched columns
+    IF p_watch IS NOT NULL THEN
+        IF cardinality(p_watch) = 0 THEN
+            RAISE EXCEPTION 'etlify.sync_table: watch must not be empty (use NULL to watch every column of %)', p_source
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        FOREACH v_col IN ARRAY p_watch LOOP
+            IF v_col IS NULL OR NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = p_source
+                                             AND a.attname = v_col AND a.attnum > 0 AND NOT a.attisdropped) THEN
+                RAISE EXCEPTION 'etlify.sync_table: watched column "%" does not exist in %', v_col, p_source
+                    USING ERRCODE = 'undefined_column';
+            END IF;
+        END LOOP;
+    END IF;
+
+    IF p_sync_if IS NOT NULL AND btrim(p_sync_if) = '' THEN
+        RAISE EXCEPTION 'etlify.sync_table: sync_if must not be empty (use NULL to sync every row of %)', p_source
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    IF p_dependencies IS NOT NULL OR p_sync_dependencies IS NOT NULL THEN
+        RAISE EXCEPTION 'etlify.sync_table: dependencies and sync_dependencies are not supported yet (source %)', p_source
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+
+    INSERT INTO etlify.mappings (crm, source, object_type, id_property, serializer, watch, sync_if,
+                                 dependencies, sync_dependencies, owner, search_path, key_column, key_type)
+    VALUES (p_crm, p_source, p_object_type, p_id_property, p_serializer::regprocedure::text, p_watch, p_sync_if,
+            p_dependencies, p_sync_dependencies, v_caller::regrole, coalesce(p_search_path, ''), v_key_col, v_key_type)
+    RETURNING * INTO v_mapping;
+
+    -- sync_if and the serializer must plan as the statement the drain runs, as the
+    -- caller would run it (never as us: both are the caller's SQL)
+    BEGIN
+        PERFORM etlify._check_fetch(v_caller, v_mapping.search_path,
+                                    etlify._fetch_sql(v_mapping, p_serializer::regprocedure));
+    EXCEPTION WHEN OTHERS THEN
+        IF p_sync_if IS NOT NULL THEN
+            RAISE EXCEPTION 'etlify.sync_table: sync_if "%" is not a valid predicate over %: %', p_sync_if, p_source, SQLERRM
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        RAISE EXCEPTION 'etlify.sync_table: cannot load rows of % through serializer %: %', p_source, p_serializer, SQLERRM
+            USING ERRCODE = 'invalid_parameter_value';
+    END;
+
+    PERFORM etlify._install_capture(v_mapping, p_serializer::regprocedure);
+
+    IF coalesce(p_backfill, true) THEN
+        EXECUTE format(
+            'INSERT INTO etlify.queue (mapping_id, key, change_seq) '
+            'SELECT %s, t.%I::text, (SELECT nextval(''etlify.change_seq'')) FROM %s %s t',
+            v_mapping.id, v_key_col, CASE WHEN v_relkind = 'p' THEN '' ELSE 'ONLY' END, p_source);
+        PERFORM etlify._wake();
+    END IF;
+END
+$$;
+
+-- No SET search_path and SECURITY INVOKER: it only reads the caller's search_path
+-- (recorded with the mapping) and hands over to etlify._declare_mapping.
 CREATE FUNCTION etlify.sync_table(
     crm               text,
     source            regclass,
@@ -142,142 +347,24 @@ CREATE FUNCTION etlify.sync_table(
     sync_dependencies jsonb   DEFAULT NULL,
     backfill          boolean DEFAULT true
 ) RETURNS void
-LANGUAGE plpgsql
+LANGUAGE sql
+AS $$
+    SELECT etlify._declare_mapping($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                                   pg_catalog.current_setting('search_path'));
+$$;
+
+-- Removes a mapping. Its queue rows and sync state are deleted later by the drain
+-- (etlify._collect_forgotten): the mapping row is all the caller's DDL touches.
+CREATE FUNCTION etlify._forget_mapping(p_mapping int) RETURNS void
+LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
-#variable_conflict use_column
-DECLARE
-    v_crm      ALIAS FOR $1;
-    v_source   ALIAS FOR $2;
-    v_ser      ALIAS FOR $5;
-    v_watch    ALIAS FOR $6;
-    v_sync_if  ALIAS FOR $7;
-    v_relkind  "char";
-    v_rowtype  oid;
-    v_pk       int2[];
-    v_key_col  name;
-    v_key_type regtype;
-    v_proc     pg_proc;
-    v_col      text;
-    v_pred     text;
-    v_fetch    text;
-    v_mapping  etlify.mappings;
-BEGIN
-    IF v_crm IS NULL OR NOT EXISTS (SELECT 1 FROM etlify.crms c WHERE c.name = v_crm) THEN
-        RAISE EXCEPTION 'etlify.sync_table: unknown CRM "%"', v_crm
-            USING HINT = 'Register it first with etlify.register_crm().';
-    END IF;
-    IF v_source IS NULL THEN
-        RAISE EXCEPTION 'etlify.sync_table: source must not be NULL';
-    END IF;
-    SELECT c.relkind, c.reltype INTO v_relkind, v_rowtype FROM pg_class c WHERE c.oid = v_source;
-    IF v_relkind NOT IN ('r', 'p') THEN
-        RAISE EXCEPTION 'etlify.sync_table: source % is not a table', v_source;
-    END IF;
-    IF coalesce(btrim($3), '') = '' THEN
-        RAISE EXCEPTION 'etlify.sync_table: object_type must not be empty (source %)', v_source;
-    END IF;
-    IF coalesce(btrim($4), '') = '' THEN
-        RAISE EXCEPTION 'etlify.sync_table: id_property must not be empty (source %)', v_source;
-    END IF;
-    IF EXISTS (SELECT 1 FROM etlify.mappings m WHERE m.crm = v_crm AND m.source = v_source) THEN
-        RAISE EXCEPTION 'etlify.sync_table: % is already synced to CRM "%"', v_source, v_crm
-            USING HINT = 'Call etlify.unsync_table() first to change the declaration.';
-    END IF;
-
-    -- primary key: one column (its text form is the record's key)
-    -- (int2vector casts to a 0-based array: go through text for a 1-based one)
-    SELECT string_to_array(i.indkey::text, ' ')::int2[] INTO v_pk FROM pg_index i WHERE i.indrelid = v_source AND i.indisprimary;
-    IF v_pk IS NULL THEN
-        RAISE EXCEPTION 'etlify.sync_table: table % has no primary key', v_source
-            USING HINT = 'etlify identifies records by their primary key; add one.';
-    END IF;
-    IF cardinality(v_pk) <> 1 THEN
-        RAISE EXCEPTION 'etlify.sync_table: table % has a composite primary key, which is not supported yet', v_source;
-    END IF;
-    SELECT a.attname, a.atttypid::regtype INTO v_key_col, v_key_type
-      FROM pg_attribute a WHERE a.attrelid = v_source AND a.attnum = v_pk[1];
-
-    -- serializer: function(source_row_type) RETURNS jsonb
-    IF v_ser IS NULL THEN
-        RAISE EXCEPTION 'etlify.sync_table: serializer must not be NULL';
-    END IF;
-    SELECT * INTO v_proc FROM pg_proc p WHERE p.oid = v_ser;
-    IF v_proc.pronargs <> 1 OR v_proc.proargtypes[0] <> v_rowtype
-       OR v_proc.prorettype <> 'jsonb'::regtype OR v_proc.proretset OR v_proc.prokind <> 'f' THEN
-        RAISE EXCEPTION 'etlify.sync_table: serializer % must be a function(%) RETURNS jsonb, but it is %(%) RETURNS %',
-            v_ser, v_source, v_ser, pg_get_function_identity_arguments(v_ser),
-            CASE WHEN v_proc.proretset THEN 'SETOF ' ELSE '' END || v_proc.prorettype::regtype::text;
-    END IF;
-
-    -- watched columns
-    IF v_watch IS NOT NULL THEN
-        IF cardinality(v_watch) = 0 THEN
-            RAISE EXCEPTION 'etlify.sync_table: watch must not be empty (use NULL to watch every column of %)', v_source;
-        END IF;
-        FOREACH v_col IN ARRAY v_watch LOOP
-            IF v_col IS NULL OR NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = v_source
-                                             AND a.attname = v_col AND a.attnum > 0 AND NOT a.attisdropped) THEN
-                RAISE EXCEPTION 'etlify.sync_table: watched column "%" does not exist in %', v_col, v_source;
-            END IF;
-        END LOOP;
-    END IF;
-
-    -- sync_if: a boolean predicate over the row; parse and type-check it now
-    IF v_sync_if IS NOT NULL THEN
-        IF btrim(v_sync_if) = '' THEN
-            RAISE EXCEPTION 'etlify.sync_table: sync_if must not be empty (use NULL to sync every row of %)', v_source;
-        END IF;
-        BEGIN
-            EXECUTE format('SELECT (%s)::boolean FROM %s t LIMIT 0', v_sync_if, v_source);
-        EXCEPTION WHEN OTHERS THEN
-            RAISE EXCEPTION 'etlify.sync_table: sync_if "%" is not a valid predicate over %: %', v_sync_if, v_source, SQLERRM;
-        END;
-    END IF;
-
-    IF $8 IS NOT NULL OR $9 IS NOT NULL THEN
-        RAISE EXCEPTION 'etlify.sync_table: dependencies and sync_dependencies are not supported yet (source %)', v_source;
-    END IF;
-
-    -- One statement loads and serializes a batch of keys, as the mapping's owner
-    -- (set by _claim). The serializer sits in the outer target list so that it runs
-    -- once per joined row only: inside a lateral subquery the planner may flatten it
-    -- into a scan that serializes the whole table before the join.
-    v_pred := coalesce('(' || v_sync_if || ')', 'true');
-    v_fetch := format(
-        'SELECT k._etlify_key AS key, t.%4$I IS NOT NULL AS present, '
-        't.%4$I IS NOT NULL AND coalesce(%1$s, false) AS included, '
-        'CASE WHEN t.%4$I IS NOT NULL AND %1$s THEN %2$s(t) END AS payload '
-        'FROM unnest($1::text[]) AS k(_etlify_key) '
-        'LEFT JOIN %3$s t ON t.%4$I = k._etlify_key::%5$s',
-        v_pred, v_ser::text, v_source, v_key_col, v_key_type);
-    -- the generated statement must plan (catches a sync_if that only fails in context)
-    BEGIN
-        EXECUTE 'EXPLAIN ' || v_fetch USING ARRAY[]::text[];
-    EXCEPTION WHEN OTHERS THEN
-        RAISE EXCEPTION 'etlify.sync_table: cannot load rows of % through serializer %: %', v_source, v_ser, SQLERRM;
-    END;
-
-    INSERT INTO etlify.mappings (crm, source, object_type, id_property, serializer, watch, sync_if,
-                                 dependencies, sync_dependencies, owner, key_column, key_type, fetch_sql)
-    VALUES (v_crm, v_source, $3, $4, v_ser::regprocedure::text, v_watch, v_sync_if, $8, $9,
-            current_user::regrole, v_key_col, v_key_type, v_fetch)
-    RETURNING * INTO v_mapping;
-
-    PERFORM etlify._install_capture(v_mapping);
-
-    IF coalesce($10, true) THEN
-        EXECUTE format(
-            'INSERT INTO etlify.queue (mapping_id, key, change_seq) '
-            'SELECT %s, pg_catalog.format(''%%s'', t.%I), (SELECT pg_catalog.nextval(''etlify.change_seq'')) FROM %s t',
-            v_mapping.id, v_key_col, v_source);
-        PERFORM etlify._wake();
-    END IF;
-END
+    DELETE FROM etlify.mappings WHERE id = p_mapping;
+    INSERT INTO etlify.forgotten (mapping_id) VALUES (p_mapping) ON CONFLICT DO NOTHING;
 $$;
 
 CREATE FUNCTION etlify.unsync_table(crm text, source regclass) RETURNS void
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
@@ -286,8 +373,9 @@ DECLARE
 BEGIN
     SELECT * INTO v_mapping FROM etlify.mappings m WHERE m.crm = $1 AND m.source = $2;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'etlify.unsync_table: % is not synced to CRM "%"', $2, $1;
+        RAISE EXCEPTION 'etlify.unsync_table: % is not synced to CRM "%"', $2, $1 USING ERRCODE = 'undefined_object';
     END IF;
+    PERFORM etlify._require_owner($2, 'etlify.unsync_table');
     PERFORM etlify._drop_capture(v_mapping);
     PERFORM etlify._forget_mapping(v_mapping.id);
 END
@@ -304,10 +392,10 @@ BEGIN
     SELECT * INTO v_mapping FROM etlify.mappings m WHERE m.crm = p_crm AND m.source = p_source;
     IF NOT FOUND THEN
         IF NOT EXISTS (SELECT 1 FROM etlify.crms c WHERE c.name = p_crm) THEN
-            RAISE EXCEPTION 'etlify: unknown CRM "%"', p_crm;
+            RAISE EXCEPTION 'etlify: unknown CRM "%"', p_crm USING ERRCODE = 'undefined_object';
         END IF;
         RAISE EXCEPTION 'etlify: % is not synced to CRM "%"', p_source, p_crm
-            USING HINT = 'Declare it with etlify.sync_table().';
+            USING ERRCODE = 'undefined_object', HINT = 'Declare it with etlify.sync_table().';
     END IF;
     RETURN v_mapping;
 END
@@ -315,8 +403,9 @@ $$;
 
 -- A dropped source table takes its mappings (and their state) with it, so that the
 -- worker never works on a table that is gone.
+-- (SECURITY DEFINER: whoever drops the table cannot write etlify's tables.)
 CREATE FUNCTION etlify._on_sql_drop() RETURNS event_trigger
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE

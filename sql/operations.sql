@@ -2,66 +2,194 @@
 -- requests. The Rust half (src/engine) decides what to send and talks to the CRM
 -- between these calls, with no transaction open when it runs in the worker.
 
--- Moves up to p_limit rows of etlify.changes into the keyed queue, one new change
--- number for all of them: a key that is in flight gets a number its claimer did not
--- see, so its claimer leaves it dirty (never lose a change). Returns the rows moved.
-CREATE FUNCTION etlify._absorb(p_limit int) RETURNS bigint
+-- Records move with their rows: the CRM object of old key i now belongs to new
+-- key i (one statement's moves, applied at once: a swap is a permutation). A new
+-- key whose own record still holds another CRM object (its row was deleted and not
+-- drained yet) keeps that one; the moving object then stays with the old key,
+-- whose row is gone, and is archived.
+CREATE FUNCTION etlify._apply_moves(p_mapping int, p_old text[], p_new text[]) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_moved bigint;
+    v_from  text[];
+    v_moved etlify.records[];
 BEGIN
-    WITH moved AS (
-        DELETE FROM etlify.changes c
-         WHERE c.ctid = ANY (ARRAY(SELECT x.ctid FROM etlify.changes x LIMIT p_limit FOR UPDATE SKIP LOCKED))
-        RETURNING c.mapping_id, c.keys, c.at
-    ), counted AS (
-        SELECT count(*) AS n FROM moved
-    ), dirty AS (
-        SELECT m.mapping_id, k.key, min(m.at) AS at
-          FROM moved m CROSS JOIN LATERAL unnest(m.keys) AS k(key)
-         WHERE EXISTS (SELECT 1 FROM etlify.mappings mm WHERE mm.id = m.mapping_id)
-         GROUP BY m.mapping_id, k.key
-    ), ins AS (
-        INSERT INTO etlify.queue AS q (mapping_id, key, change_seq, enqueued_at)
-        SELECT d.mapping_id, d.key, (SELECT nextval('etlify.change_seq')), d.at FROM dirty d
-         ORDER BY d.mapping_id, d.key  -- key order: see etlify._enqueue_synced
-        ON CONFLICT (mapping_id, key) DO UPDATE SET change_seq = EXCLUDED.change_seq
-        RETURNING 1
-    )
-    SELECT counted.n INTO v_moved FROM counted, (SELECT count(*) FROM ins) i;
-    RETURN v_moved;
+    SELECT array_agg(m.old),
+           array_agg(ROW(p_mapping, m.new, rec.state, rec.crm_id, rec.digest, rec.last_synced_at,
+                         rec.error_count, rec.last_error, now())::etlify.records)
+      INTO v_from, v_moved
+      FROM unnest(p_old, p_new) AS m(old, new)
+      JOIN etlify.records rec ON rec.mapping_id = p_mapping AND rec.key = m.old
+     WHERE NOT EXISTS (SELECT 1 FROM etlify.records t
+                        WHERE t.mapping_id = p_mapping AND t.key = m.new AND t.crm_id IS NOT NULL
+                          AND NOT (t.key = ANY (p_old)));
+    IF v_from IS NULL THEN
+        RETURN;
+    END IF;
+    DELETE FROM etlify.records rec
+     WHERE rec.mapping_id = p_mapping
+       AND (rec.key = ANY (v_from) OR rec.key IN (SELECT x.key FROM unnest(v_moved) x));
+    INSERT INTO etlify.records SELECT * FROM unnest(v_moved);
+    -- an old key that no row took over shows as deleted: its row moved away
+    INSERT INTO etlify.records (mapping_id, key, state, last_synced_at)
+    SELECT p_mapping, f.key, 'deleted', now() FROM unnest(v_from) AS f(key)
+    ON CONFLICT (mapping_id, key) DO NOTHING;
 END
 $$;
 
--- Claims up to p_limit ready keys of a mapping (or exactly p_keys), then loads and
--- serializes them in one statement as the mapping's owner.
---   p_claimer: the worker's claim token (committed before HTTP so that other claimers
---   skip the keys); NULL for inline callers, who hold row locks in their own
---   transaction instead.
--- One row per claimed key. present: the source row exists; included: sync_if holds;
--- error: the serializer failed for this row (the others are unaffected).
--- No SET search_path here (everything below is qualified): serializers and sync_if
--- resolve names with the session's search_path, as they would in a query.
-CREATE FUNCTION etlify._claim(p_mapping int, p_limit int, p_claimer text, p_keys text[] DEFAULT NULL)
-RETURNS TABLE (key text, change_seq bigint, state text, crm_id text, digest bytea,
-               present boolean, included boolean, payload jsonb, error text)
+-- Marks keys dirty: a new change number for each, so that a claimer holding the key
+-- leaves it dirty (never lose a change). In key order, like every multi-row write
+-- of queue rows: two writers that lock the same rows in the same order cannot
+-- deadlock. Keys that cannot be queued (NULL, too long for the index) are dropped.
+CREATE FUNCTION etlify._dirty(p_mapping int, p_keys text[], p_at timestamptz) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO etlify.queue AS q (mapping_id, key, change_seq, enqueued_at)
+    SELECT p_mapping, k.key, (SELECT nextval('etlify.change_seq')), p_at
+      FROM (SELECT DISTINCT k.key FROM unnest(p_keys) AS k(key)
+             WHERE k.key IS NOT NULL AND octet_length(k.key) <= 2000) k
+     ORDER BY k.key
+    ON CONFLICT (mapping_id, key) DO UPDATE SET change_seq = EXCLUDED.change_seq;
+$$;
+
+-- Moves writers' change rows into the keyed queue, one new change number for each
+-- key: a key that is in flight gets a number its claimer did not see, so its
+-- claimer leaves it dirty (never lose a change). Returns the rows absorbed.
+--  1. Ordered rows (moves, truncates) first, in statement order, by one drain at a
+--     time. A move of a key whose record is in flight waits until its result is
+--     recorded, and so does every later change of that mapping.
+--  2. Plain rows, in bounded batches. A row that cannot be absorbed is discarded
+--     with a warning: it must never stall the drain.
+CREATE FUNCTION etlify._absorb(p_limit int) RETURNS bigint
 LANGUAGE plpgsql
--- plans fit the tables as they are now (a plan cached while etlify.records was
--- empty would scan it for every batch once it is large)
+SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
-    m          etlify.mappings;
-    v_keys     text[];
-    v_seqs     bigint[];
-    v_present  boolean[];
-    v_included boolean[];
-    v_payloads jsonb[];
-    v_errors   text[];
-    r          record;
-    i          int;
+    v_done    bigint := 0;
+    v_held    int[] := '{}';
+    v_old     text[];
+    v_new     text[];
+    v_all     text[];
+    v_dropped bigint;
+    r         record;
+BEGIN
+    IF EXISTS (SELECT 1 FROM etlify.changes c WHERE c.seq IS NOT NULL) THEN
+        PERFORM 1 FROM etlify.absorb_lock FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            -- another drain applies them: their mappings wait for it
+            v_held := ARRAY(SELECT DISTINCT c.mapping_id FROM etlify.changes c WHERE c.seq IS NOT NULL);
+        ELSE
+            FOR r IN SELECT c.ctid AS tid, c.* FROM etlify.changes c WHERE c.seq IS NOT NULL ORDER BY c.seq LOOP
+                CONTINUE WHEN r.mapping_id = ANY (v_held);
+                IF r.moves IS NOT NULL AND EXISTS (SELECT 1 FROM etlify.mappings m WHERE m.id = r.mapping_id) THEN
+                    v_old := ARRAY(SELECT r.moves[i] FROM generate_series(1, cardinality(r.moves) - 1, 2) AS i);
+                    v_new := ARRAY(SELECT r.moves[i + 1] FROM generate_series(1, cardinality(r.moves) - 1, 2) AS i);
+                    v_all := v_old || v_new;
+                    -- in flight: claimed by a worker, or locked by an inline drain
+                    IF EXISTS (SELECT 1 FROM etlify.queue q WHERE q.mapping_id = r.mapping_id
+                                  AND q.key = ANY (v_all) AND q.claimed_by IS NOT NULL)
+                       OR (SELECT count(*) FROM etlify.queue q WHERE q.mapping_id = r.mapping_id AND q.key = ANY (v_all))
+                          <> (SELECT count(*) FROM (SELECT 1 FROM etlify.queue q WHERE q.mapping_id = r.mapping_id
+                                                       AND q.key = ANY (v_all) FOR UPDATE SKIP LOCKED) x) THEN
+                        v_held := v_held || r.mapping_id;
+                        CONTINUE;
+                    END IF;
+                    PERFORM etlify._apply_moves(r.mapping_id, v_old, v_new);
+                END IF;
+                IF r.truncated THEN
+                    -- every record may be gone, and claims in flight stay dirty
+                    PERFORM etlify._dirty(r.mapping_id,
+                        ARRAY(SELECT rec.key FROM etlify.records rec WHERE rec.mapping_id = r.mapping_id
+                                 AND rec.state <> 'deleted'
+                              UNION SELECT q.key FROM etlify.queue q WHERE q.mapping_id = r.mapping_id),
+                        r.at);
+                END IF;
+                IF EXISTS (SELECT 1 FROM etlify.mappings m WHERE m.id = r.mapping_id) THEN
+                    PERFORM etlify._dirty(r.mapping_id, r.keys, r.at);
+                END IF;
+                DELETE FROM etlify.changes c WHERE c.ctid = r.tid;
+                v_done := v_done + 1;
+            END LOOP;
+        END IF;
+    END IF;
+
+    BEGIN
+        WITH moved AS (
+            DELETE FROM etlify.changes c
+             WHERE c.ctid = ANY (ARRAY(SELECT x.ctid FROM etlify.changes x
+                                        WHERE x.seq IS NULL AND NOT (x.mapping_id = ANY (v_held))
+                                        LIMIT p_limit FOR UPDATE SKIP LOCKED))
+            RETURNING c.mapping_id, c.keys, c.at
+        ), counted AS (
+            SELECT count(*) AS n, count(*) FILTER (WHERE EXISTS (
+                       SELECT 1 FROM unnest(m.keys) AS k(key) WHERE k.key IS NULL OR octet_length(k.key) > 2000)) AS bad
+              FROM moved m
+        ), dirty AS (
+            SELECT m.mapping_id, k.key, min(m.at) AS at
+              FROM moved m CROSS JOIN LATERAL unnest(m.keys) AS k(key)
+             WHERE EXISTS (SELECT 1 FROM etlify.mappings mm WHERE mm.id = m.mapping_id)
+               AND k.key IS NOT NULL AND octet_length(k.key) <= 2000
+             GROUP BY m.mapping_id, k.key
+        ), ins AS (
+            INSERT INTO etlify.queue AS q (mapping_id, key, change_seq, enqueued_at)
+            SELECT d.mapping_id, d.key, (SELECT nextval('etlify.change_seq')), d.at FROM dirty d
+             ORDER BY d.mapping_id, d.key  -- key order: see etlify._dirty
+            ON CONFLICT (mapping_id, key) DO UPDATE SET change_seq = EXCLUDED.change_seq
+            RETURNING 1
+        )
+        SELECT counted.n, counted.bad INTO r FROM counted, (SELECT count(*) FROM ins) i;
+        v_done := v_done + r.n;
+        v_dropped := r.bad;
+    EXCEPTION WHEN OTHERS THEN
+        -- one row breaks the batch: absorb row by row, discarding what fails
+        v_dropped := 0;
+        FOR r IN SELECT x.ctid AS tid, x.* FROM etlify.changes x
+                  WHERE x.seq IS NULL AND NOT (x.mapping_id = ANY (v_held))
+                  LIMIT p_limit FOR UPDATE SKIP LOCKED LOOP
+            BEGIN
+                IF EXISTS (SELECT 1 FROM etlify.mappings m WHERE m.id = r.mapping_id) THEN
+                    PERFORM etlify._dirty(r.mapping_id, r.keys, r.at);
+                END IF;
+            EXCEPTION WHEN OTHERS THEN
+                RAISE WARNING 'etlify: discarded a change row of mapping % that cannot be queued: %', r.mapping_id, SQLERRM;
+            END;
+            DELETE FROM etlify.changes c WHERE c.ctid = r.tid;
+            v_done := v_done + 1;
+        END LOOP;
+    END;
+    IF v_dropped > 0 THEN
+        RAISE WARNING 'etlify: discarded keys of % change rows that cannot be queued (NULL, or longer than 2000 bytes)', v_dropped;
+    END IF;
+    RETURN v_done;
+END
+$$;
+
+-- Claims up to p_limit ready keys of a mapping (or exactly p_keys): one row per
+-- claimed key with its sync state. The rows are loaded and serialized next, as the
+-- mapping's owner (etlify._fetch_plan, src/engine/store.rs).
+--   p_claimer: the worker's claim token (committed before HTTP so that other claimers
+--   skip the keys); NULL for inline callers, who hold row locks in their own
+--   transaction instead.
+--   shared: another record, not claimed here, holds the same CRM object (its row
+--   must not lose it to this key's archive).
+-- A source table that another transaction holds locked is skipped for this round.
+CREATE FUNCTION etlify._claim(p_mapping int, p_limit int, p_claimer text, p_keys text[] DEFAULT NULL)
+RETURNS TABLE (key text, change_seq bigint, state text, crm_id text, digest bytea, shared boolean)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+-- plans fit the tables as they are now (a plan cached while etlify.records was
+-- empty would scan it for every batch once it is large)
+SET plan_cache_mode = force_custom_plan
+SET lock_timeout = '2s'
+AS $$
+#variable_conflict use_column
+DECLARE
+    m      etlify.mappings;
+    v_keys text[];
+    v_seqs bigint[];
 BEGIN
     SELECT * INTO m FROM etlify.mappings mm WHERE mm.id = p_mapping;
     IF NOT FOUND THEN
@@ -73,8 +201,12 @@ BEGIN
     -- first and then waiting for the table to serialize them deadlocks with it.
     BEGIN
         EXECUTE format('LOCK TABLE %s IN ACCESS SHARE MODE', m.source);
-    EXCEPTION WHEN undefined_table THEN
-        RETURN;  -- dropped while we waited: its mapping is gone with it
+    EXCEPTION
+        WHEN undefined_table THEN
+            RETURN;  -- dropped while we waited: its mapping is gone with it
+        WHEN lock_not_available THEN
+            RAISE WARNING 'etlify: table % is locked by another transaction; its records wait for the next round', m.source;
+            RETURN;
     END;
 
     IF p_keys IS NULL THEN
@@ -91,11 +223,16 @@ BEGIN
         )
         SELECT array_agg(u.key), array_agg(u.change_seq) INTO v_keys, v_seqs FROM u;
     ELSE
-        -- named keys (etlify.sync / etlify.delete), dirty or not. A queue row that
-        -- another claimer holds is left alone: its own claimer will finish it.
+        -- named keys (etlify.sync / etlify.delete), dirty or not: each gets a queue
+        -- row, so that the key is seen as in flight. A queue row that another
+        -- claimer holds is left alone: its own claimer will finish it.
+        INSERT INTO etlify.queue AS q (mapping_id, key, change_seq)
+        SELECT p_mapping, k.key, nextval('etlify.change_seq') FROM unnest(p_keys) AS k(key) ORDER BY k.key
+        ON CONFLICT (mapping_id, key) DO NOTHING;
         WITH c AS (
             SELECT q.key FROM etlify.queue q
              WHERE q.mapping_id = p_mapping AND q.key = ANY (p_keys) AND q.claimed_by IS NULL
+             ORDER BY q.key
                FOR UPDATE
         ), u AS (
             UPDATE etlify.queue q SET claimed_by = p_claimer, claimed_at = now()
@@ -108,44 +245,46 @@ BEGIN
     IF v_keys IS NULL THEN
         RETURN;
     END IF;
-    SELECT array_agg(k.key ORDER BY k.key), array_agg(k.seq ORDER BY k.key) INTO v_keys, v_seqs
-      FROM unnest(v_keys, v_seqs) AS k(key, seq);
-
-    -- Serializer and sync_if run as the role that declared the mapping, never as
-    -- the (superuser) worker.
-    EXECUTE format('SET LOCAL ROLE %s', m.owner);
-    BEGIN
-        -- ordered by key on both sides: the join inside fetch_sql may reorder rows
-        EXECUTE 'SELECT array_agg(f.present ORDER BY f.key), array_agg(f.included ORDER BY f.key), '
-                || 'array_agg(f.payload ORDER BY f.key) FROM (' || m.fetch_sql || ') f'
-           INTO v_present, v_included, v_payloads
-          USING v_keys;
-        v_errors := array_fill(NULL::text, ARRAY[cardinality(v_keys)]);
-    EXCEPTION WHEN OTHERS THEN
-        -- one row's serializer failed: redo the batch row by row to blame only it
-        v_present := '{}'; v_included := '{}'; v_payloads := '{}'; v_errors := '{}';
-        FOR i IN 1 .. cardinality(v_keys) LOOP
-            BEGIN
-                EXECUTE m.fetch_sql INTO r USING ARRAY[v_keys[i]];
-                v_present := v_present || r.present;
-                v_included := v_included || r.included;
-                v_payloads := v_payloads || r.payload;
-                v_errors := v_errors || NULL::text;
-            EXCEPTION WHEN OTHERS THEN
-                v_present := v_present || true;
-                v_included := v_included || true;
-                v_payloads := v_payloads || NULL::jsonb;
-                v_errors := v_errors || ('serializer failed: ' || SQLERRM);
-            END;
-        END LOOP;
-    END;
-    RESET ROLE;
 
     RETURN QUERY
-        SELECT k.key, k.seq, rec.state, rec.crm_id, rec.digest, k.present, k.included, k.payload, k.error
-          FROM unnest(v_keys, v_seqs, v_present, v_included, v_payloads, v_errors)
-               AS k(key, seq, present, included, payload, error)
-          LEFT JOIN etlify.records rec ON rec.mapping_id = p_mapping AND rec.key = k.key;
+        SELECT k.key, k.seq, rec.state, rec.crm_id, rec.digest,
+               rec.crm_id IS NOT NULL AND EXISTS (
+                   SELECT 1 FROM etlify.records o
+                    WHERE o.mapping_id = p_mapping AND o.crm_id = rec.crm_id AND NOT (o.key = ANY (v_keys)))
+          FROM unnest(v_keys, v_seqs) AS k(key, seq)
+          LEFT JOIN etlify.records rec ON rec.mapping_id = p_mapping AND rec.key = k.key
+         ORDER BY k.key;
+END
+$$;
+
+-- How to load and serialize a mapping's rows now: as whom, with which search_path,
+-- and the statement (etlify._fetch_sql); or why it cannot be done.
+CREATE FUNCTION etlify._fetch_plan(p_mapping int, OUT owner oid, OUT search_path text, OUT sql text, OUT problem text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    m     etlify.mappings;
+    v_ser regprocedure;
+BEGIN
+    SELECT * INTO m FROM etlify.mappings mm WHERE mm.id = p_mapping;
+    IF NOT FOUND THEN
+        problem := 'the mapping was removed';
+        RETURN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = m.owner) THEN
+        problem := format('the owner of the mapping of %s (role %s) no longer exists; declare the mapping again',
+                          m.source, m.owner::oid);
+        RETURN;
+    END IF;
+    v_ser := etlify._serializer(m);
+    IF v_ser IS NULL THEN
+        problem := format('the capture triggers of %s and their serializer are gone; declare the mapping again', m.source);
+        RETURN;
+    END IF;
+    owner := m.owner;
+    search_path := m.search_path;
+    sql := etlify._fetch_sql(m, v_ser);
 END
 $$;
 
@@ -257,9 +396,14 @@ AS $$
     SELECT p_crm, p_source, e.operation, e.records, e.http_status, e.duration_ms, e.error
       FROM jsonb_to_recordset(p_entries)
         AS e(operation text, records int, http_status int, duration_ms double precision, error text);
+    -- rows another transaction is trimming (an open one that called drain()) are
+    -- left to it: the trim never waits
     DELETE FROM etlify.sync_log_entries
-     WHERE id <= (SELECT last_value FROM etlify.sync_log_entries_id_seq)
-                 - current_setting('etlify.sync_log_size')::bigint;
+     WHERE ctid = ANY (ARRAY(
+           SELECT l.ctid FROM etlify.sync_log_entries l
+            WHERE l.id <= (SELECT last_value FROM etlify.sync_log_entries_id_seq)
+                          - current_setting('etlify.sync_log_size')::bigint
+              FOR UPDATE SKIP LOCKED));
 $$;
 
 -- Deletes what removed mappings left behind (see etlify.forgotten), in the
@@ -313,37 +457,40 @@ AS $$
      ORDER BY m.id;
 $$;
 
--- Validates a key against the mapping's primary-key type; returns the mapping.
-CREATE FUNCTION etlify._mapping_for_key(p_crm text, p_source regclass, p_key text) RETURNS etlify.mappings
+-- The mapping a user names and a `key` argument turned into the record's key: parsed
+-- by the key's type in the caller's settings, spelled canonically (src/keys.rs).
+-- The caller must be able to read the source.
+CREATE FUNCTION etlify._record_key(p_crm text, p_source regclass, p_key text, p_what text,
+                                   OUT m etlify.mappings, OUT k text)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    m etlify.mappings := etlify._mapping(p_crm, p_source);
 BEGIN
+    m := etlify._mapping(p_crm, p_source);
+    PERFORM etlify._require_select(p_source, p_what);
     IF p_key IS NULL THEN
-        RAISE EXCEPTION 'etlify: key must not be NULL (source %)', p_source;
+        RAISE EXCEPTION '%: key must not be NULL (source %)', p_what, p_source USING ERRCODE = 'null_value_not_allowed';
     END IF;
     BEGIN
-        EXECUTE format('SELECT $1::%s', m.key_type) USING p_key;
+        k := etlify._canonical_key(m.key_type, p_key);
     EXCEPTION WHEN OTHERS THEN
-        RAISE EXCEPTION 'etlify: key "%" is not a valid % (the primary key of %)', p_key, m.key_type, p_source;
+        RAISE EXCEPTION '%: key "%" is not a valid % (the primary key of %)', p_what, p_key, m.key_type, p_source
+            USING ERRCODE = 'invalid_text_representation';
     END;
-    RETURN m;
 END
 $$;
 
 CREATE FUNCTION etlify.enqueue(crm text, source regclass, key text) RETURNS void
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    m etlify.mappings := etlify._mapping_for_key($1, $2, $3);
+    r record := etlify._record_key($1, $2, $3, 'etlify.enqueue');
 BEGIN
     -- an explicit enqueue means "now", except for parked records (reset_errors revives those)
     INSERT INTO etlify.queue AS q (mapping_id, key, change_seq)
-    VALUES (m.id, $3, nextval('etlify.change_seq'))
+    VALUES ((r.m).id, r.k, nextval('etlify.change_seq'))
     ON CONFLICT (mapping_id, key) DO UPDATE
        SET change_seq = EXCLUDED.change_seq,
            not_before = CASE WHEN q.not_before = 'infinity' THEN q.not_before ELSE '-infinity' END;
@@ -352,25 +499,33 @@ END
 $$;
 
 CREATE FUNCTION etlify.reset_errors(crm text, source regclass DEFAULT NULL, key text DEFAULT NULL) RETURNS bigint
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
+    v_key   text;
     v_count bigint;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM etlify.crms c WHERE c.name = $1) THEN
-        RAISE EXCEPTION 'etlify.reset_errors: unknown CRM "%"', $1;
+        RAISE EXCEPTION 'etlify.reset_errors: unknown CRM "%"', $1 USING ERRCODE = 'undefined_object';
     END IF;
     IF $2 IS NOT NULL THEN
         PERFORM etlify._mapping($1, $2);
+        PERFORM etlify._require_select($2, 'etlify.reset_errors');
+        IF $3 IS NOT NULL THEN
+            v_key := (etlify._record_key($1, $2, $3, 'etlify.reset_errors')).k;
+        END IF;
+    ELSIF $3 IS NOT NULL THEN
+        RAISE EXCEPTION 'etlify.reset_errors: a key needs its source' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     WITH t AS (
         UPDATE etlify.records r
            SET error_count = 0, last_error = NULL, state = 'pending', updated_at = now()
           FROM etlify.mappings m
          WHERE m.id = r.mapping_id AND m.crm = $1
-           AND ($2 IS NULL OR m.source = $2) AND ($3 IS NULL OR r.key = $3)
+           AND ($2 IS NULL OR m.source = $2) AND (v_key IS NULL OR r.key = v_key)
+           AND has_table_privilege(etlify._caller(), m.source, 'SELECT')
            AND r.state IN ('failed', 'parked')
         RETURNING r.mapping_id, r.key
     ), q AS (
@@ -388,22 +543,30 @@ BEGIN
 END
 $$;
 
--- For serializers (associations): the CRM id of another record, or NULL. Security
--- definer because serializers run as the mapping's owner, who cannot read etlify's
--- tables.
+-- For serializers (associations): the CRM id of another record, or NULL, for
+-- roles that can read that record's table.
 CREATE FUNCTION etlify.crm_id(crm text, source regclass, key text) RETURNS text
-LANGUAGE sql STABLE SECURITY DEFINER
+LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT r.crm_id FROM etlify.records r
-     WHERE r.mapping_id = (etlify._mapping($1, $2)).id AND r.key = $3;
+#variable_conflict use_column
+DECLARE
+    r record := etlify._record_key($1, $2, $3, 'etlify.crm_id');
+BEGIN
+    RETURN (SELECT rec.crm_id FROM etlify.records rec WHERE rec.mapping_id = (r.m).id AND rec.key = r.k);
+END
 $$;
 
--- No SET search_path (not security definer, everything qualified): per_model names
--- tables as the caller's search_path shows them.
-CREATE FUNCTION etlify.sync_stale(crm text DEFAULT NULL, sources regclass[] DEFAULT NULL,
-                                  async boolean DEFAULT true, batch_size int DEFAULT 1000) RETURNS jsonb
-LANGUAGE plpgsql
+-- Re-checks every record of the chosen mappings: every row of the source (and
+-- every record whose row is gone) is marked dirty, and the drain compares each
+-- payload with its digest, so that only what differs is sent. This repairs writes
+-- the triggers never saw. force: forget the digests first, so every row is sent.
+-- per_model counts the records marked per table.
+CREATE FUNCTION etlify._sync_stale(crm text, sources regclass[], async boolean, batch_size int,
+                                   force boolean, caller_search_path text) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -415,26 +578,33 @@ DECLARE
     v_drain  jsonb;
 BEGIN
     IF $1 IS NOT NULL AND NOT EXISTS (SELECT 1 FROM etlify.crms c WHERE c.name = $1) THEN
-        RAISE EXCEPTION 'etlify.sync_stale: unknown CRM "%"', $1;
+        RAISE EXCEPTION 'etlify.sync_stale: unknown CRM "%"', $1 USING ERRCODE = 'undefined_object';
     END IF;
     IF $4 IS NULL OR $4 <= 0 THEN
-        RAISE EXCEPTION 'etlify.sync_stale: batch_size must be positive, got %', $4;
+        RAISE EXCEPTION 'etlify.sync_stale: batch_size must be positive, got %', $4 USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    -- Stale: a row with no sync state yet, or whose record is not synced/skipped
-    -- (a change that bypassed the triggers, or a restore). Unchanged rows cost no
-    -- request: the drain compares digests.
     FOR m IN SELECT * FROM etlify.mappings mm
               WHERE ($1 IS NULL OR mm.crm = $1) AND ($2 IS NULL OR mm.source = ANY ($2))
+                AND has_table_privilege(etlify._caller(), mm.source, 'SELECT')
               ORDER BY mm.id LOOP
+        IF coalesce($5, false) THEN
+            UPDATE etlify.records r SET digest = NULL WHERE r.mapping_id = m.id AND r.digest IS NOT NULL;
+        END IF;
         EXECUTE format(
-            'WITH s AS (INSERT INTO etlify.queue AS q (mapping_id, key, change_seq) '
-            'SELECT %1$s, pg_catalog.format(''%%s'', t.%2$I), (SELECT pg_catalog.nextval(''etlify.change_seq'')) FROM %3$s t '
-            'LEFT JOIN etlify.records r ON r.mapping_id = %1$s AND r.key = pg_catalog.format(''%%s'', t.%2$I) '
-            'WHERE r.key IS NULL OR r.state NOT IN (''synced'', ''skipped'', ''parked'') '
-            'ON CONFLICT (mapping_id, key) DO NOTHING RETURNING 1) SELECT count(*) FROM s',
-            m.id, m.key_column, m.source) INTO v_n;
+            'WITH k AS (SELECT t.%2$I::text AS key FROM %3$s %4$s t '
+            '           UNION SELECT r.key FROM etlify.records r WHERE r.mapping_id = %1$s AND r.state <> ''deleted''), '
+            's AS (INSERT INTO etlify.queue AS q (mapping_id, key, change_seq) '
+            '      SELECT %1$s, k.key, (SELECT nextval(''etlify.change_seq'')) FROM k ORDER BY k.key '
+            '      ON CONFLICT (mapping_id, key) DO UPDATE SET change_seq = EXCLUDED.change_seq, '
+            '         not_before = CASE WHEN q.not_before = ''infinity'' THEN q.not_before ELSE ''-infinity'' END '
+            '      RETURNING 1) '
+            'SELECT count(*) FROM s',
+            m.id, m.key_column,
+            CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = m.source) = 'p' THEN '' ELSE 'ONLY' END,
+            m.source) INTO v_n;
         v_total := v_total + v_n;
-        v_per := v_per || jsonb_build_object(m.source::text, v_n);
+        -- tables named as the caller's search_path shows them
+        v_per := v_per || jsonb_build_object(etlify._name_in_path(m.source, $6), v_n);
     END LOOP;
     IF v_total > 0 THEN
         PERFORM etlify._wake();
@@ -447,7 +617,18 @@ BEGIN
 END
 $$;
 
+-- No SET search_path and SECURITY INVOKER: it hands the caller's search_path (for
+-- the names in per_model) to etlify._sync_stale.
+CREATE FUNCTION etlify.sync_stale(crm text DEFAULT NULL, sources regclass[] DEFAULT NULL,
+                                  async boolean DEFAULT true, batch_size int DEFAULT 1000,
+                                  force boolean DEFAULT false) RETURNS jsonb
+LANGUAGE sql
+AS $$
+    SELECT etlify._sync_stale($1, $2, $3, $4, $5, pg_catalog.current_setting('search_path'));
+$$;
+
 -- Views ---------------------------------------------------------------------
+-- Each shows only the mappings of tables the querying role can read.
 
 -- Dirty records: the keyed queue plus changes not absorbed yet.
 CREATE VIEW etlify._pending AS
@@ -455,7 +636,8 @@ SELECT p.mapping_id, p.key, min(p.enqueued_at) AS enqueued_at, max(p.not_before)
   FROM (SELECT q.mapping_id, q.key, q.enqueued_at, q.not_before FROM etlify.queue q
         UNION ALL
         SELECT c.mapping_id, k.key, c.at, '-infinity'::timestamptz
-          FROM etlify.changes c CROSS JOIN LATERAL unnest(c.keys) AS k(key)) p
+          FROM etlify.changes c CROSS JOIN LATERAL unnest(c.keys) AS k(key)
+         WHERE k.key IS NOT NULL) p
  GROUP BY p.mapping_id, p.key;
 
 CREATE VIEW etlify.sync_status AS
@@ -473,7 +655,8 @@ SELECT m.crm,
        CASE WHEN q.not_before > '-infinity' AND q.not_before < 'infinity' THEN q.not_before END AS next_attempt_at
   FROM etlify.records r
   FULL JOIN etlify._pending q ON q.mapping_id = r.mapping_id AND q.key = r.key
-  JOIN etlify.mappings m ON m.id = coalesce(r.mapping_id, q.mapping_id);
+  JOIN etlify.mappings m ON m.id = coalesce(r.mapping_id, q.mapping_id)
+ WHERE has_table_privilege(m.source, 'SELECT');
 
 CREATE VIEW etlify.overview AS
 SELECT m.crm,
@@ -488,39 +671,52 @@ SELECT m.crm,
        (SELECT max(r.last_synced_at) FROM etlify.records r WHERE r.mapping_id = m.id) AS last_synced_at
   FROM etlify.mappings m
   LEFT JOIN etlify.sync_status s ON s.crm = m.crm AND s.source = m.source
+ WHERE has_table_privilege(m.source, 'SELECT')
  GROUP BY m.id, m.crm, m.source;
 
 CREATE VIEW etlify.sync_log AS
 SELECT at, crm, source, operation, records, http_status, duration_ms, error
-  FROM etlify.sync_log_entries
+  FROM etlify.sync_log_entries l
+ WHERE l.source IS NULL OR coalesce(has_table_privilege(l.source, 'SELECT'), false)
  ORDER BY id DESC;
 
--- (views, like tables, start with no PUBLIC privileges; bootstrap.sql granted
--- PUBLIC what the capture trigger needs, and that grant must stay)
-REVOKE ALL ON FUNCTION etlify.register_crm, etlify.sync_table, etlify.unsync_table, etlify._claim, etlify._absorb,
-    etlify._collect_forgotten,
-    etlify._record, etlify._log, etlify._release_claims, etlify._work, etlify.enqueue,
-    etlify.reset_errors, etlify.sync_stale FROM PUBLIC;
-
 CREATE FUNCTION etlify.sync(crm text, source regclass, key text) RETURNS text
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
+DECLARE
+    r record := etlify._record_key($1, $2, $3, 'etlify.sync');
 BEGIN
-    RETURN etlify._sync_one((etlify._mapping_for_key($1, $2, $3)).id, $3, false);
+    RETURN etlify._sync_one((r.m).id, r.k, false);
 END
 $$;
 
 CREATE FUNCTION etlify.delete(crm text, source regclass, key text) RETURNS text
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
+DECLARE
+    r record := etlify._record_key($1, $2, $3, 'etlify.delete');
 BEGIN
-    RETURN etlify._sync_one((etlify._mapping_for_key($1, $2, $3)).id, $3, true);
+    RETURN etlify._sync_one((r.m).id, r.k, true);
 END
 $$;
 
-REVOKE ALL ON FUNCTION etlify.sync, etlify.delete, etlify.drain, etlify._sync_one,
-    etlify._validate_adapter FROM PUBLIC;
+-- Privileges -----------------------------------------------------------------
+-- Nothing for PUBLIC (functions are executable by PUBLIC by default). The API is
+-- for etlify_admin; internal functions are called by the API functions, which run
+-- as the extension's owner, and by the worker.
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA etlify FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA etlify FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION etlify.register_crm, etlify.sync_table, etlify.unsync_table, etlify.sync,
+    etlify.delete, etlify.enqueue, etlify.drain, etlify.sync_stale, etlify.reset_errors, etlify.crm_id
+    TO etlify_admin;
+-- sync_table and sync_stale hand over to them with the caller's search_path; they
+-- check the caller themselves
+GRANT EXECUTE ON FUNCTION etlify._declare_mapping, etlify._sync_stale TO etlify_admin;
+-- CREATE TRIGGER checks EXECUTE on the trigger function: a database owner who is a
+-- member restores its tables' capture triggers from a dump
+GRANT EXECUTE ON FUNCTION etlify._capture TO etlify_admin;
+GRANT SELECT ON etlify.sync_status, etlify.overview, etlify.sync_log TO etlify_admin;

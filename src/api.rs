@@ -30,8 +30,11 @@ fn _validate_adapter(adapter: &str, config: JsonB, batch_size: Option<i32>, has_
 }
 
 /// The worker's job, inline, in the caller's transaction (tests, one-off runs,
-/// clusters without the preload). HTTP happens inside this transaction.
-#[pg_extern(volatile, parallel_unsafe)]
+/// clusters without the preload). HTTP happens inside this transaction. As the
+/// extension's owner, like the worker (serializers still run as their mappings'
+/// owners); EXECUTE is for etlify_admin only.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn drain(crm: default!(Option<&str>, "NULL"), max_records: default!(Option<i32>, "NULL")) -> JsonB {
     if let Some(n) = max_records {
         if n < 0 {

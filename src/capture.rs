@@ -49,6 +49,10 @@ unsafe fn attribute<'a>(tupdesc: pg_sys::TupleDesc, i: usize) -> &'a pg_sys::For
     &*(*tupdesc).attrs.as_ptr().add(i)
 }
 
+/// Keys per change row: a bulk statement's keys are flushed in rows of this many,
+/// so that a writer's memory stays bounded whatever the statement's size.
+const FLUSH_KEYS: usize = 65_536;
+
 #[pg_trigger]
 fn _capture<'a>(
     trigger: &'a PgTrigger<'a>,
@@ -70,91 +74,212 @@ fn _capture<'a>(
         }
     };
     let td = trigger.trigger_data();
+    let mut sink = Sink::new(mapping_id);
 
     if trigger.event().fired_by_truncate() {
-        // every record the CRM may hold becomes a delete
-        Spi::run_with_args("SELECT etlify._enqueue_synced($1)", &[mapping_id.into()])
-            .map_err(|e| CaptureError::Setup(e.to_string()))?;
+        // every record the CRM may hold becomes a delete (etlify._absorb)
+        sink.truncated = true;
+        sink.flush()?;
         crate::wake::_wake();
         return Ok(None);
     }
 
     // SAFETY: an AFTER trigger's relation and transition tables are valid for the
     // duration of the call.
-    let keys = unsafe {
+    unsafe {
         let tupdesc = (*td.tg_relation).rd_att;
         let key = column(tupdesc, key_name)?;
+        let key_type = attribute(tupdesc, (key.attno - 1) as usize).atttypid;
         let event = trigger.event();
-        if event.fired_by_insert() {
-            keys_of(td.tg_newtable, tupdesc, &key)
-        } else if event.fired_by_delete() {
-            keys_of(td.tg_oldtable, tupdesc, &key)
-        } else {
-            let watched = if watch.is_empty() {
+        let watched = if event.fired_by_update() {
+            if watch.is_empty() {
                 all_columns(tupdesc)
             } else {
                 watch
                     .iter()
                     .map(|name| column(tupdesc, name))
                     .collect::<Result<Vec<_>, _>>()?
-            };
-            changed_keys(td.tg_oldtable, td.tg_newtable, tupdesc, &key, &watched)
-        }
-    };
-    if keys.is_empty() {
-        return Ok(None);
+            }
+        } else {
+            Vec::new()
+        };
+        // keys are spelled the same whatever the writer's settings (keys.rs)
+        crate::keys::spelled(key_type, || {
+            if event.fired_by_insert() {
+                keys_of(td.tg_newtable, tupdesc, &key, &mut sink)
+            } else if event.fired_by_delete() {
+                keys_of(td.tg_oldtable, tupdesc, &key, &mut sink)
+            } else {
+                changed_keys(
+                    td.tg_oldtable,
+                    td.tg_newtable,
+                    tupdesc,
+                    &key,
+                    &watched,
+                    &mut sink,
+                )
+            }
+        })?;
     }
-    append(mapping_id, keys)?;
-    crate::wake::_wake();
+    sink.flush()?;
+    if sink.wrote {
+        crate::wake::_wake();
+    }
     Ok(None)
+}
+
+/// What one statement changed, appended to etlify.changes in rows of at most
+/// FLUSH_KEYS keys.
+struct Sink {
+    mapping_id: i32,
+    keys: Vec<String>,
+    /// Primary-key moves as pairs: old, new, old, new, …
+    moves: Vec<String>,
+    truncated: bool,
+    wrote: bool,
+}
+
+impl Sink {
+    fn new(mapping_id: i32) -> Sink {
+        Sink {
+            mapping_id,
+            keys: Vec::new(),
+            moves: Vec::new(),
+            truncated: false,
+            wrote: false,
+        }
+    }
+
+    fn key(&mut self, key: String) -> Result<(), CaptureError> {
+        self.keys.push(key);
+        if self.keys.len() >= FLUSH_KEYS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// A row whose primary key changed: both keys are dirty, and the record (its
+    /// CRM object) moves from the old key to the new one.
+    fn moved(&mut self, old: String, new: String) -> Result<(), CaptureError> {
+        self.moves.push(old.clone());
+        self.moves.push(new.clone());
+        self.keys.push(old);
+        self.key(new)
+    }
+
+    fn flush(&mut self) -> Result<(), CaptureError> {
+        if self.keys.is_empty() && !self.truncated {
+            return Ok(());
+        }
+        let keys = std::mem::take(&mut self.keys);
+        let moves = (!self.moves.is_empty()).then(|| std::mem::take(&mut self.moves));
+        append(self.mapping_id, keys, moves, self.truncated)?;
+        self.truncated = false;
+        self.wrote = true;
+        Ok(())
+    }
 }
 
 /// Appends one row to etlify.changes. The table has no index, no trigger and no
 /// constraint but NOT NULL, so the row is written straight into the heap (the
-/// executor behind SPI cost writers more than the insert itself). If the table
-/// ever has an index or a trigger, or another shape, the kept SPI plan does it.
-fn append(mapping_id: i32, keys: Vec<String>) -> Result<(), CaptureError> {
+/// executor behind SPI cost writers more than the insert itself); no privilege is
+/// checked, so writers need none on etlify's tables. If the table ever has an
+/// index or a trigger, or another shape, the kept SPI plan does it as the table's
+/// owner. Moves and truncates are numbered (etlify.change_seq): their order matters.
+fn append(
+    mapping_id: i32,
+    keys: Vec<String>,
+    moves: Option<Vec<String>>,
+    truncated: bool,
+) -> Result<(), CaptureError> {
     // SAFETY: called from a trigger, inside a transaction, on the main thread.
     unsafe {
         let schema = pg_sys::get_namespace_oid(c"etlify".as_ptr(), true);
         let relid = pg_sys::get_relname_relid(c"changes".as_ptr(), schema);
-        if relid != pg_sys::InvalidOid {
-            let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
-            let rel = pg_sys::table_open(relid, lock);
-            let form = &*(*rel).rd_rel;
-            let att = |i: usize| attribute((*rel).rd_att, i).atttypid;
-            let plain = !form.relhasindex
-                && !form.relhastriggers
-                && (*(*rel).rd_att).natts == 3
-                && [att(0), att(1), att(2)]
-                    == [
-                        pg_sys::INT4OID,
-                        pg_sys::TEXTARRAYOID,
-                        pg_sys::TIMESTAMPTZOID,
-                    ];
-            if plain {
-                let keys = keys.into_datum().expect("an array of keys is not NULL");
-                let mut values = [
-                    pg_sys::Datum::from(mapping_id),
-                    keys,
-                    pg_sys::Datum::from(pg_sys::GetCurrentTransactionStartTimestamp()),
-                ];
-                let mut nulls = [false; 3];
-                let tuple =
-                    pg_sys::heap_form_tuple((*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
-                pg_sys::simple_heap_insert(rel, tuple);
-                pg_sys::heap_freetuple(tuple);
-                pg_sys::table_close(rel, lock);
-                return Ok(());
-            }
-            pg_sys::table_close(rel, lock);
+        if relid == pg_sys::InvalidOid {
+            return Err(CaptureError::Setup(
+                "cannot find etlify.changes; is the extension installed?".into(),
+            ));
         }
+        let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
+        let rel = pg_sys::table_open(relid, lock);
+        let form = &*(*rel).rd_rel;
+        let owner = form.relowner;
+        let seq =
+            (moves.is_some() || truncated).then(|| as_owner(owner, || next_change_seq(schema)));
+        let att = |i: usize| attribute((*rel).rd_att, i).atttypid;
+        let plain = !form.relhasindex
+            && !form.relhastriggers
+            && (*(*rel).rd_att).natts == 6
+            && (0..6).map(att).eq([
+                pg_sys::INT4OID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::TIMESTAMPTZOID,
+                pg_sys::TEXTARRAYOID,
+                pg_sys::BOOLOID,
+                pg_sys::INT8OID,
+            ]);
+        if plain {
+            let mut values = [
+                pg_sys::Datum::from(mapping_id),
+                keys.into_datum().expect("an array of keys is not NULL"),
+                pg_sys::Datum::from(pg_sys::GetCurrentTransactionStartTimestamp()),
+                moves
+                    .clone()
+                    .and_then(|m| m.into_datum())
+                    .unwrap_or(pg_sys::Datum::from(0)),
+                pg_sys::Datum::from(truncated),
+                pg_sys::Datum::from(seq.unwrap_or(0)),
+            ];
+            let mut nulls = [false, false, false, moves.is_none(), false, seq.is_none()];
+            let tuple =
+                pg_sys::heap_form_tuple((*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
+            pg_sys::simple_heap_insert(rel, tuple);
+            pg_sys::heap_freetuple(tuple);
+            pg_sys::table_close(rel, lock);
+            return Ok(());
+        }
+        pg_sys::table_close(rel, lock);
+        as_owner(owner, || {
+            append_spi(mapping_id, keys, moves, truncated, seq)
+        })
     }
-    append_spi(mapping_id, keys)
 }
 
-/// The general way: INSERT through a plan kept for the session.
-fn append_spi(mapping_id: i32, keys: Vec<String>) -> Result<(), CaptureError> {
+/// Runs `f` as the owner of etlify's tables (our own fixed SQL only): writers need
+/// no privilege on them.
+fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    let mut save_user = pg_sys::InvalidOid;
+    let mut save_sec = 0;
+    // SAFETY: identity switch inside a transaction, restored on every exit.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut save_user, &mut save_sec);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            save_sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+    }
+    pgrx::PgTryBuilder::new(std::panic::AssertUnwindSafe(f))
+        .finally(|| unsafe { pg_sys::SetUserIdAndSecContext(save_user, save_sec) })
+        .execute()
+}
+
+/// nextval('etlify.change_seq').
+unsafe fn next_change_seq(schema: pg_sys::Oid) -> i64 {
+    let relid = pg_sys::get_relname_relid(c"change_seq".as_ptr(), schema);
+    pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[relid.into_datum()])
+        .expect("nextval returns a value")
+}
+
+/// The general way: INSERT through a plan kept for the session (run as the owner
+/// of etlify.changes, see append).
+fn append_spi(
+    mapping_id: i32,
+    keys: Vec<String>,
+    moves: Option<Vec<String>>,
+    truncated: bool,
+    seq: Option<i64>,
+) -> Result<(), CaptureError> {
     let err = |e: pgrx::spi::SpiError| CaptureError::Setup(format!("cannot record changes: {e}"));
     Spi::connect_mut(|client| {
         APPEND.with(|cell| {
@@ -162,10 +287,14 @@ fn append_spi(mapping_id: i32, keys: Vec<String>) -> Result<(), CaptureError> {
             if slot.is_none() {
                 let stmt = client
                     .prepare_mut(
-                        "INSERT INTO etlify.changes (mapping_id, keys) VALUES ($1, $2)",
+                        "INSERT INTO etlify.changes (mapping_id, keys, moves, truncated, seq) \
+                         VALUES ($1, $2, $3, $4, $5)",
                         &[
                             PgBuiltInOids::INT4OID.into(),
                             PgBuiltInOids::TEXTARRAYOID.into(),
+                            PgBuiltInOids::TEXTARRAYOID.into(),
+                            PgBuiltInOids::BOOLOID.into(),
+                            PgBuiltInOids::INT8OID.into(),
                         ],
                     )
                     .map_err(err)?;
@@ -173,7 +302,17 @@ fn append_spi(mapping_id: i32, keys: Vec<String>) -> Result<(), CaptureError> {
             }
             let stmt = slot.as_ref().expect("prepared above");
             client
-                .update(stmt, None, &[mapping_id.into(), keys.into()])
+                .update(
+                    stmt,
+                    None,
+                    &[
+                        mapping_id.into(),
+                        keys.into(),
+                        moves.into(),
+                        truncated.into(),
+                        seq.into(),
+                    ],
+                )
                 .map(drop)
                 .map_err(err)
         })
@@ -289,27 +428,35 @@ unsafe fn keys_of(
     store: *mut pg_sys::Tuplestorestate,
     tupdesc: pg_sys::TupleDesc,
     key: &Column,
-) -> Vec<String> {
+    sink: &mut Sink,
+) -> Result<(), CaptureError> {
     let text = KeyText::new(tupdesc, key);
-    let mut keys = Vec::new();
-    each_row(store, tupdesc, |slot| keys.extend(text.of(slot, key)));
-    keys
+    let mut result = Ok(());
+    each_row(store, tupdesc, |slot| {
+        if let (Ok(()), Some(k)) = (&result, text.of(slot, key)) {
+            result = sink.key(k);
+        }
+    });
+    result
 }
 
-/// Keys of an UPDATE whose watched values changed, plus both keys of a row whose
-/// primary key changed (the new key appears, the old one disappears).
+/// Keys of an UPDATE whose watched values changed, and the rows whose primary key
+/// changed (a move: both keys are dirty, and the record goes with the row).
 unsafe fn changed_keys(
     old: *mut pg_sys::Tuplestorestate,
     new: *mut pg_sys::Tuplestorestate,
     tupdesc: pg_sys::TupleDesc,
     key: &Column,
     watched: &[Column],
-) -> Vec<String> {
+    sink: &mut Sink,
+) -> Result<(), CaptureError> {
     let text = KeyText::new(tupdesc, key);
-    if let Some(keys) = changed_keys_in_pairs(old, new, tupdesc, key, watched, &text) {
-        return keys;
+    if walk_pairs(old, new, tupdesc, key, watched, &text, sink)? {
+        return Ok(());
     }
-    if key.byval {
+    // the two tables do not pair up: dirty every key that appears or disappears,
+    // without moves (never seen for an UPDATE; kept as the safe way)
+    let keys = if key.byval {
         // int, bigint, …: match rows by the key's datum and spell out only the keys
         // that changed (most rows of a bulk statement did not)
         let ident = |slot| attr(slot, key.attno).map(|d| d.value() as u64);
@@ -317,33 +464,45 @@ unsafe fn changed_keys(
         diff(old, new, tupdesc, watched, ident, spell)
     } else {
         diff(old, new, tupdesc, watched, |slot| text.of(slot, key), |k| k)
-    }
+    };
+    keys.into_iter().try_for_each(|k| sink.key(k))
 }
 
 /// An UPDATE stores each row's old and new version together, so the two tables
 /// list the same rows in the same order: compare them pair by pair, in place, no
-/// allocation but for the keys that changed. None when the pairs stop lining up
-/// (a primary key changed): the caller then matches rows by key.
-unsafe fn changed_keys_in_pairs(
+/// allocation but for the keys that changed. A pair whose key differs is a move.
+/// False when the two tables do not have the same number of rows.
+unsafe fn walk_pairs(
     old: *mut pg_sys::Tuplestorestate,
     new: *mut pg_sys::Tuplestorestate,
     tupdesc: pg_sys::TupleDesc,
     key: &Column,
     watched: &[Column],
     text: &KeyText,
-) -> Option<Vec<String>> {
-    let mut o = Reader::open(old, tupdesc)?;
-    let mut n = Reader::open(new, tupdesc)?;
-    let mut keys = Vec::new();
+    sink: &mut Sink,
+) -> Result<bool, CaptureError> {
+    let (Some(mut o), Some(mut n)) = (Reader::open(old, tupdesc), Reader::open(new, tupdesc))
+    else {
+        return Ok(false);
+    };
     loop {
         match (o.next(), n.next()) {
-            (None, None) => return Some(keys),
-            (Some(os), Some(ns)) if attr(os, key.attno).is_some() && same_value(os, ns, key) => {
-                if !watched.iter().all(|c| same_value(os, ns, c)) {
-                    keys.extend(text.of(ns, key));
+            (None, None) => return Ok(true),
+            (Some(os), Some(ns)) => {
+                if same_value(os, ns, key) {
+                    if !watched.iter().all(|c| same_value(os, ns, c)) {
+                        if let Some(k) = text.of(ns, key) {
+                            sink.key(k)?;
+                        }
+                    }
+                } else {
+                    match (text.of(os, key), text.of(ns, key)) {
+                        (Some(a), Some(b)) => sink.moved(a, b)?,
+                        (a, b) => a.into_iter().chain(b).try_for_each(|k| sink.key(k))?,
+                    }
                 }
             }
-            _ => return None,
+            _ => return Ok(false),
         }
     }
 }

@@ -11,8 +11,10 @@ mod api;
 mod capture;
 mod engine;
 mod gucs;
+mod keys;
 mod latch;
 mod requests;
+mod restricted;
 mod wake;
 mod worker;
 
@@ -34,8 +36,9 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init(preloaded);
     if preloaded {
         use requests::REQUESTS;
-        use wake::{WAKE_PENDING, WORKER_PROC};
+        use wake::{WAKE_PENDING, WORKER_DB, WORKER_PROC};
         pgrx::pg_shmem_init!(WORKER_PROC);
+        pgrx::pg_shmem_init!(WORKER_DB);
         pgrx::pg_shmem_init!(WAKE_PENDING);
         pgrx::pg_shmem_init!(REQUESTS);
         wake::SHMEM_READY.store(true, Ordering::Relaxed);

@@ -31,6 +31,9 @@ pub struct Slot {
     state: u8,
     remove: bool,
     verdict: u8,
+    /// The requester's database: mapping ids are per database, and a worker serves
+    /// only its own.
+    database: pg_sys::Oid,
     mapping_id: i32,
     requester: i32,
     ticket: u64,
@@ -44,6 +47,7 @@ impl Default for Slot {
             state: FREE,
             remove: false,
             verdict: 0,
+            database: pg_sys::InvalidOid,
             mapping_id: 0,
             requester: -1,
             ticket: 0,
@@ -89,11 +93,12 @@ fn code(v: Verdict) -> u8 {
     VERDICTS.iter().position(|x| *x == v).unwrap_or(6) as u8
 }
 
-/// True when a worker can take the request; else the caller syncs inline.
+/// True when a worker serving this database can take the request; else the
+/// caller syncs inline.
 pub fn worker_available(key: &str) -> bool {
     wake::SHMEM_READY.load(Ordering::Relaxed)
         && !wake::transaction_enqueued()
-        && wake::WORKER_PROC.get().load(Ordering::Acquire) > 0
+        && wake::worker_serves(unsafe { pg_sys::MyDatabaseId })
         && crate::gucs::enabled()
         && key.len() <= KEY_MAX
 }
@@ -110,12 +115,10 @@ impl Drop for Held {
         let mut r = REQUESTS.exclusive();
         let s = &mut r.slots[self.index];
         if s.ticket == self.ticket {
-            // nobody waits any more: the worker frees it once it is done with it
-            s.state = if matches!(s.state, PENDING | TAKEN) {
-                ABANDONED
-            } else {
-                FREE
-            };
+            // nobody waits any more: a slot the worker has taken is freed by the
+            // worker once it is done with it; any other is free at once (so that
+            // cancelled calls never use up the slots)
+            s.state = if s.state == TAKEN { ABANDONED } else { FREE };
         }
     }
 }
@@ -157,6 +160,8 @@ fn try_fill(mapping_id: i32, key: &str, remove: bool) -> Option<Held> {
     let s = &mut r.slots[index];
     s.state = PENDING;
     s.remove = remove;
+    // SAFETY: set in every backend connected to a database.
+    s.database = unsafe { pg_sys::MyDatabaseId };
     s.mapping_id = mapping_id;
     // SAFETY: MyProc is set in every backend.
     s.requester = unsafe { (*pg_sys::MyProc).pgprocno };
@@ -166,18 +171,17 @@ fn try_fill(mapping_id: i32, key: &str, remove: bool) -> Option<Held> {
     Some(Held { index, ticket })
 }
 
-/// Worker side: serves every pending request. Called before each batch.
+/// Worker side: serves every pending request of its database. Called before each
+/// batch.
 pub fn serve(engine: &mut Engine) {
+    // SAFETY: the worker is connected to its database.
+    let database = unsafe { pg_sys::MyDatabaseId };
     loop {
         let taken = {
             let mut r = REQUESTS.exclusive();
             let mut found = None;
             for (i, s) in r.slots.iter_mut().enumerate() {
-                if s.state == ABANDONED {
-                    // abandoned before the worker took it (the one in hand is not
-                    // scanned while it is served): nothing to do
-                    s.state = FREE;
-                } else if s.state == PENDING && found.is_none() {
+                if s.state == PENDING && s.database == database && found.is_none() {
                     s.state = TAKEN;
                     let key = String::from_utf8_lossy(&s.key[..s.key_len as usize]).into_owned();
                     found = Some((i, s.ticket, s.mapping_id, key, s.remove));

@@ -8,10 +8,13 @@
 use pgrx::prelude::*;
 use pgrx::{register_xact_callback, PgAtomic, PgXactCallbackEvent};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 
 /// pgprocno + 1 of the running worker; 0 when none runs.
 pub static WORKER_PROC: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"etlify_worker_proc") };
+
+/// The database the running worker serves (0 while none runs).
+pub static WORKER_DB: PgAtomic<AtomicU32> = unsafe { PgAtomic::new(c"etlify_worker_db") };
 
 /// Set by the first commit that wakes the worker, cleared by the worker when it
 /// starts a round: later commits see it set and skip the signal (a kill() per
@@ -75,13 +78,27 @@ pub fn set_worker_latch() {
     }
 }
 
-/// Called by the worker at start.
+/// Whether a running worker serves `database`.
+pub fn worker_serves(database: pg_sys::Oid) -> bool {
+    WORKER_PROC.get().load(Ordering::Acquire) > 0
+        && WORKER_DB.get().load(Ordering::Acquire) == database.to_u32()
+}
+
+/// Called by the worker once connected. Whatever way it exits, the exit hook
+/// clears the slot, so that no backend waits on a worker that is gone.
 pub fn register_worker() {
-    // SAFETY: MyProc is set for every process attached to shared memory.
-    let procno = unsafe { (*pg_sys::MyProc).pgprocno };
+    // SAFETY: MyProc and MyDatabaseId are set for every connected process.
+    let (procno, database) = unsafe { ((*pg_sys::MyProc).pgprocno, pg_sys::MyDatabaseId) };
+    WORKER_DB.get().store(database.to_u32(), Ordering::Release);
     WORKER_PROC.get().store(procno + 1, Ordering::Release);
+    unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0)) };
+}
+
+unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
+    unregister_worker();
 }
 
 pub fn unregister_worker() {
     WORKER_PROC.get().store(0, Ordering::Release);
+    WORKER_DB.get().store(0, Ordering::Release);
 }

@@ -48,8 +48,17 @@ pub fn sleep(d: Duration) -> bool {
         && !BackgroundWorker::sigterm_received()
 }
 
+/// Asked between requests: SIGTERM, or settings reloaded to etlify.enabled = off
+/// (a backlog must not keep the worker sending after it was switched off).
 fn stop_requested() -> bool {
-    BackgroundWorker::sigterm_received()
+    reload_settings();
+    BackgroundWorker::sigterm_received() || !gucs::enabled()
+}
+
+fn reload_settings() {
+    if BackgroundWorker::sighup_received() {
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+    }
 }
 
 fn set_activity(what: &str) {
@@ -70,11 +79,7 @@ fn extension_installed() -> bool {
 /// release the claims it held so that those records are sent again.
 pub fn recover(e: pg_sys::panic::CaughtError) {
     unsafe { pg_sys::AbortCurrentTransaction() };
-    let message = match &e {
-        pg_sys::panic::CaughtError::PostgresError(r)
-        | pg_sys::panic::CaughtError::ErrorReport(r) => r.message().to_string(),
-        pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
-    };
+    let message = crate::restricted::message(&e);
     warning!("{BACKEND_TYPE}: {message}");
     PgTryBuilder::new(|| transaction(|| store::release_claims(WORKER_CLAIMER)))
         .catch_others(|_| {
@@ -90,16 +95,21 @@ pub extern "C-unwind" fn etlify_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = gucs::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    // Everything the worker runs itself is qualified; pinning the session's path
+    // as well leaves nothing that objects planted in other schemas could capture.
+    // (Serializers get their mapping's own path, see restricted.rs.)
+    transaction(|| {
+        Spi::run("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)")
+            .unwrap_or_else(|e| pgrx::error!("etlify: cannot set the worker's search_path: {e}"))
+    });
     wake::register_worker();
     log!("{BACKEND_TYPE} started for database \"{database}\"");
 
     requests::requeue_taken();
     let mut engine = Engine::new(Host::Worker);
     let mut recovered = false;
-    while !stop_requested() {
-        if BackgroundWorker::sighup_received() {
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-        }
+    while !BackgroundWorker::sigterm_received() {
+        reload_settings();
         if gucs::enabled() && extension_installed() {
             // before reading anything: a commit after this point wakes us again
             wake::round_started();

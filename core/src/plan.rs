@@ -23,6 +23,8 @@ pub struct Claimed {
     pub payload: Option<Value>,
     /// The serializer raised an error for this row.
     pub error: Option<String>,
+    /// Another record, not in this claim, holds the same CRM object.
+    pub shared: bool,
 }
 
 /// Final outcomes the drain records without asking the CRM, and the words
@@ -138,6 +140,15 @@ pub enum Intent {
 
 pub fn plan(rows: Vec<Claimed>, id_property: &str, crm_enabled: bool, intent: Intent) -> Plan {
     let mut out = Plan::default();
+    // CRM objects that a row of this batch that exists (or an earlier delete of
+    // this batch) already accounts for: the object of a row that exists is never
+    // archived, and an object is archived once.
+    let kept: std::collections::HashSet<String> = rows
+        .iter()
+        .filter(|c| c.present && intent == Intent::Reconcile)
+        .filter_map(|c| c.crm_id.clone())
+        .collect();
+    let mut archived = std::collections::HashSet::new();
     for c in rows {
         if !crm_enabled {
             // enabled => false: as if every call succeeded, nothing sent, no sync state
@@ -146,6 +157,14 @@ pub fn plan(rows: Vec<Claimed>, id_property: &str, crm_enabled: bool, intent: In
         }
         if intent == Intent::Delete || !c.present {
             match &c.crm_id {
+                // the object now belongs to another record (a key that moved, or
+                // rows that share the id property): this key no longer has one
+                Some(id)
+                    if intent == Intent::Reconcile
+                        && (c.shared || kept.contains(id) || !archived.insert(id.clone())) =>
+                {
+                    out.done.push(Resolved::new(&c, Verdict::Deleted))
+                }
                 Some(id) => out.deletes.push(PlannedDelete {
                     item: Delete {
                         key: c.key.clone(),
@@ -304,6 +323,44 @@ mod tests {
         assert_eq!(p.done[0].verdict, Verdict::Noop);
         assert_eq!(p.deletes.len(), 1);
         assert_eq!(p.deletes[0].item.crm_id, "99");
+    }
+
+    #[test]
+    fn an_object_another_record_holds_is_never_archived() {
+        let gone = |key: &str, id: &str, shared: bool| Claimed {
+            key: key.into(),
+            crm_id: Some(id.into()),
+            shared,
+            ..Default::default()
+        };
+        let mut present = row("9", json!({"email": "a@b.c"}));
+        present.crm_id = Some("7".into());
+        let p = plan(
+            vec![
+                gone("1", "5", true),
+                gone("2", "7", false),
+                gone("3", "8", false),
+                gone("4", "8", false),
+                present,
+            ],
+            "email",
+            true,
+            Intent::Reconcile,
+        );
+        let handed: Vec<_> = p.done.iter().map(|r| (r.key.as_str(), r.verdict)).collect();
+        assert_eq!(
+            handed,
+            vec![
+                ("1", Verdict::Deleted),
+                ("2", Verdict::Deleted),
+                ("4", Verdict::Deleted)
+            ]
+        );
+        assert_eq!(p.deletes.len(), 1);
+        assert_eq!(p.deletes[0].item.key, "3");
+        // an explicit delete archives what it is asked to
+        let p = plan(vec![gone("1", "5", true)], "email", true, Intent::Delete);
+        assert_eq!(p.deletes.len(), 1);
     }
 
     #[test]

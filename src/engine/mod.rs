@@ -10,8 +10,10 @@ pub mod store;
 use etlify_core::adapter::{self, CrmAdapter, CrmSettings, Outcome, Report, RequestLog};
 use etlify_core::plan::{plan, Claimed, Intent, Resolved, Verdict};
 use pacer::{LocalPacer, Sleeper};
+use pgrx::PgTryBuilder;
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 use store::Work;
 
@@ -104,6 +106,8 @@ struct Crm {
 pub struct Engine {
     host: Host,
     crms: HashMap<String, Crm>,
+    /// The results of the last round, for the drain's counts.
+    last: Vec<Resolved>,
 }
 
 impl Engine {
@@ -111,6 +115,7 @@ impl Engine {
         Engine {
             host,
             crms: HashMap::new(),
+            last: Vec::new(),
         }
     }
 
@@ -147,23 +152,47 @@ impl Engine {
                     continue;
                 }
                 let limit = crate::gucs::claim_size().min(budget);
-                let rows = host.step(|| store::claim(w.mapping_id, limit, host.claimer(), None));
-                if rows.is_empty() {
+                let done = match host {
+                    // an error in one mapping (a lock, a broken declaration) costs
+                    // that mapping its round, never the others theirs
+                    Host::Worker => {
+                        PgTryBuilder::new(AssertUnwindSafe(|| self.round(w, limit, stop)))
+                            .catch_others(|e| {
+                                crate::worker::recover(e);
+                                0
+                            })
+                            .execute()
+                    }
+                    Host::Inline => self.round(w, limit, stop),
+                };
+                if done == 0 {
                     continue;
                 }
                 claimed_any = true;
-                budget = budget.saturating_sub(rows.len());
-                let (results, logs) = self.process(w, rows, Intent::Reconcile, stop);
-                counts.add(&results);
-                host.step(|| {
-                    store::record(w.mapping_id, host.claimer(), &results);
-                    store::log(&w.crm, w.source, logs);
-                });
+                budget = budget.saturating_sub(done);
+                counts.add(&self.last);
             }
             if !claimed_any || budget == 0 || stop() {
                 return counts;
             }
         }
+    }
+
+    /// One claim of a mapping, sent and recorded; returns how many records it took.
+    fn round(&mut self, w: &Work, limit: usize, stop: &dyn Fn() -> bool) -> usize {
+        let host = self.host;
+        let rows = host.step(|| store::claim(w.mapping_id, limit, host.claimer(), None));
+        if rows.is_empty() {
+            return 0;
+        }
+        let n = rows.len();
+        let (results, logs) = self.process(w, rows, Intent::Reconcile, stop);
+        host.step(|| {
+            store::record(w.mapping_id, host.claimer(), &results);
+            store::log(&w.crm, w.source, logs);
+        });
+        self.last = results;
+        n
     }
 
     /// etlify.sync / etlify.delete of one key: the verdict for it.

@@ -1,5 +1,6 @@
 //! The drain's calls into its SQL half (sql/operations.sql), one function each.
 
+use crate::restricted;
 use etlify_core::plan::{Claimed, Resolved};
 use pgrx::prelude::*;
 use pgrx::{JsonB, Spi};
@@ -70,17 +71,18 @@ pub fn work(crm: Option<&str>) -> Vec<Work> {
     })
 }
 
-/// Claims and serializes up to `limit` ready records (or exactly `keys`).
+/// Claims up to `limit` ready records (or exactly `keys`), then loads and
+/// serializes their rows as the mapping's owner (see `fetch`).
 pub fn claim(
     mapping_id: i32,
     limit: usize,
     claimer: Option<&str>,
     keys: Option<Vec<String>>,
 ) -> Vec<Claimed> {
-    Spi::connect_mut(|client| {
+    let mut claimed: Vec<Claimed> = Spi::connect_mut(|client| {
         let rows = client
             .update(
-                "SELECT key, change_seq, state, crm_id, digest, present, included, payload, error \
+                "SELECT key, change_seq, state, crm_id, digest, shared \
                  FROM etlify._claim($1, $2, $3, $4)",
                 None,
                 &[
@@ -97,12 +99,117 @@ pub fn claim(
             state: r.get::<String>(3).ok().flatten(),
             crm_id: r.get::<String>(4).ok().flatten(),
             digest: r.get::<Vec<u8>>(5).ok().flatten(),
-            present: r.get::<bool>(6).ok().flatten().unwrap_or(false),
-            included: r.get::<bool>(7).ok().flatten().unwrap_or(false),
-            payload: r.get::<JsonB>(8).ok().flatten().map(|j| j.0),
-            error: r.get::<String>(9).ok().flatten(),
+            shared: r.get::<bool>(6).ok().flatten().unwrap_or(false),
+            ..Default::default()
         })
         .collect()
+    });
+    if !claimed.is_empty() {
+        fetch(mapping_id, &mut claimed);
+    }
+    claimed
+}
+
+/// One row of a mapping's fetch statement (etlify._fetch_sql).
+struct Fetched {
+    key: String,
+    present: bool,
+    included: bool,
+    payload: Option<Value>,
+}
+
+/// Loads and serializes the claimed rows: one statement for the batch, as the
+/// mapping's owner in a security-restricted operation with the mapping's
+/// search_path (restricted.rs). If the batch fails, row by row in subtransactions,
+/// so that only the rows whose serializer fails are blamed.
+fn fetch(mapping_id: i32, claimed: &mut [Claimed]) {
+    let plan = Spi::connect(|client| {
+        let t = client
+            .select(
+                "SELECT owner, search_path, sql, problem FROM etlify._fetch_plan($1)",
+                None,
+                &[mapping_id.into()],
+            )
+            .unwrap_or_else(|e| spi_err("planning the serializer", e))
+            .first();
+        let text = |i| t.get::<String>(i).ok().flatten();
+        (
+            t.get::<pg_sys::Oid>(1).ok().flatten(),
+            text(2),
+            text(3),
+            text(4),
+        )
+    });
+    let (Some(owner), Some(search_path), Some(sql), None) = plan else {
+        let problem = plan
+            .3
+            .unwrap_or_else(|| "the mapping cannot be loaded".into());
+        for c in claimed.iter_mut() {
+            c.present = true;
+            c.included = true;
+            c.error = Some(problem.clone());
+        }
+        return;
+    };
+    let keys: Vec<String> = claimed.iter().map(|c| c.key.clone()).collect();
+    let settings = [(c"search_path", search_path.as_str())];
+    let rows: Vec<Result<Fetched, String>> = restricted::as_role(owner, &settings, || {
+        match restricted::in_subtransaction(|| fetch_rows(&sql, keys.clone())) {
+            Ok(rows) => rows.into_iter().map(Ok).collect(),
+            Err(_) => keys
+                .iter()
+                .map(|k| {
+                    restricted::in_subtransaction(|| fetch_rows(&sql, vec![k.clone()]))
+                        .map_err(|e| format!("serializer failed: {e}"))
+                        .and_then(|mut rows| rows.pop().ok_or_else(|| "no row".to_string()))
+                })
+                .collect(),
+        }
+    });
+    // the statement answers one row per key, in the keys' order: anything else is
+    // a bug, and a shifted result would send one row's payload as another's
+    if rows.len() != claimed.len() {
+        pgrx::error!(
+            "etlify: mapping {mapping_id}: {} rows loaded for {} keys",
+            rows.len(),
+            claimed.len()
+        );
+    }
+    for (c, row) in claimed.iter_mut().zip(rows) {
+        match row {
+            Ok(f) if f.key == c.key => {
+                c.present = f.present;
+                c.included = f.included;
+                c.payload = f.payload;
+            }
+            Ok(f) => pgrx::error!(
+                "etlify: mapping {mapping_id}: row for key {:?} loaded in place of key {:?}",
+                f.key,
+                c.key
+            ),
+            Err(e) => {
+                c.present = true;
+                c.included = true;
+                c.error = Some(e);
+            }
+        }
+    }
+}
+
+fn fetch_rows(sql: &str, keys: Vec<String>) -> Vec<Fetched> {
+    Spi::connect(|client| {
+        client
+            .select(sql, None, &[keys.into()])
+            .map(|rows| {
+                rows.map(|r| Fetched {
+                    key: r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                    present: r.get::<bool>(2).ok().flatten().unwrap_or(false),
+                    included: r.get::<bool>(3).ok().flatten().unwrap_or(false),
+                    payload: r.get::<JsonB>(4).ok().flatten().map(|j| j.0),
+                })
+                .collect()
+            })
+            .unwrap_or_else(|e| pgrx::error!("{e}"))
     })
 }
 

@@ -410,11 +410,22 @@ fn sync_stale_sends_what_backfill_false_left_out() {
     wait_users_state(&mut env.db, &[1, 2, 3], "synced");
     assert_eq!(env.mock.objects("contacts").len(), 3);
 
+    // a re-check of every record: nothing changed, so nothing is sent
+    let requests = env.mock.crm_requests().len();
     let r = json(
         &mut env.db,
-        "etlify.sync_stale('hubspot', ARRAY['users'::regclass])",
+        "etlify.sync_stale('hubspot', ARRAY['users'::regclass], async => false)",
     );
-    assert_eq!(r["total"], json!(0), "nothing is stale any more: {r}");
+    assert_eq!(r["total"], json!(3), "every record is re-checked: {r}");
+    assert_eq!(env.mock.crm_requests().len(), requests, "nothing was sent");
+    // force: every record is sent again, whatever its digest
+    let r = json(
+        &mut env.db,
+        "etlify.sync_stale('hubspot', async => false, force => true)",
+    );
+    assert_eq!(r["total"], json!(3), "{r}");
+    assert!(env.mock.crm_requests().len() > requests, "force sends");
+    assert_eq!(env.mock.objects("contacts").len(), 3);
 }
 
 #[test]

@@ -1,0 +1,147 @@
+//! Running other roles' SQL inside a superuser process, and settings that must not
+//! leak either way.
+//!
+//! A mapping's serializer and sync_if are its owner's code. The worker (and every
+//! etlify function that drains inline) runs as a superuser, so they run the way
+//! Postgres runs index expressions during VACUUM: as the owner, in a
+//! security-restricted operation (SET ROLE, SET SESSION AUTHORIZATION and RESET
+//! ROLE fail there), inside a GUC nest level that undoes every setting they change,
+//! session-level ones included. `SET LOCAL ROLE` is no sandbox: the code can
+//! `set_config('role', 'none', true)` its way back.
+
+use pgrx::pg_sys;
+use pgrx::PgTryBuilder;
+use std::cell::Cell;
+use std::ffi::{CStr, CString};
+use std::panic::AssertUnwindSafe;
+
+thread_local! {
+    /// The role `as_role` runs code as, while it does.
+    static ACTING_FOR: Cell<Option<pg_sys::Oid>> = const { Cell::new(None) };
+}
+
+/// Runs `f` as `role` in a security-restricted operation, with `settings` applied
+/// inside a GUC nest level; the caller's identity, security context and every
+/// setting are restored afterwards, also when `f` raises an ERROR.
+pub fn as_role<R>(role: pg_sys::Oid, settings: &[(&CStr, &str)], f: impl FnOnce() -> R) -> R {
+    let mut save_user = pg_sys::InvalidOid;
+    let mut save_sec = 0;
+    // SAFETY: plain calls into Postgres on the main thread, inside a transaction.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut save_user, &mut save_sec);
+        pg_sys::SetUserIdAndSecContext(
+            role,
+            save_sec
+                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        );
+    }
+    let nest = unsafe { pg_sys::NewGUCNestLevel() };
+    let outer = ACTING_FOR.with(|a| a.replace(Some(role)));
+    PgTryBuilder::new(AssertUnwindSafe(|| {
+        apply(settings);
+        f()
+    }))
+    .finally(|| unsafe {
+        ACTING_FOR.with(|a| a.set(outer));
+        pg_sys::AtEOXact_GUC(false, nest);
+        pg_sys::SetUserIdAndSecContext(save_user, save_sec);
+    })
+    .execute()
+}
+
+/// Runs `f` with `settings` applied inside a GUC nest level, restored afterwards.
+pub fn with_settings<R>(settings: &[(&CStr, &str)], f: impl FnOnce() -> R) -> R {
+    let nest = unsafe { pg_sys::NewGUCNestLevel() };
+    PgTryBuilder::new(AssertUnwindSafe(|| {
+        apply(settings);
+        f()
+    }))
+    .finally(|| unsafe { pg_sys::AtEOXact_GUC(false, nest) })
+    .execute()
+}
+
+fn apply(settings: &[(&CStr, &str)]) {
+    for (name, value) in settings {
+        let value = CString::new(*value).unwrap_or_default();
+        // SAFETY: NUL-terminated strings; the setting is saved and restored by the
+        // nest level (GUC_ACTION_SAVE, as a function's SET clause does).
+        unsafe {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                pgrx::PgLogLevel::ERROR as i32,
+                false,
+            );
+        }
+    }
+}
+
+/// Runs `f` in a subtransaction: Ok with its result, or Err with the message of the
+/// ERROR it raised (the subtransaction is rolled back, the caller's goes on). This
+/// is what a PL/pgSQL `BEGIN … EXCEPTION` block does.
+pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    // SAFETY: the standard internal-subtransaction dance (see pl_exec.c): begin,
+    // then release or roll back, restoring memory context and resource owner.
+    unsafe {
+        let context = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+        PgTryBuilder::new(AssertUnwindSafe(|| {
+            let r = f();
+            pg_sys::ReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::CurrentResourceOwner = owner;
+            Ok(r)
+        }))
+        .catch_others(|e| {
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::CurrentResourceOwner = owner;
+            Err(message(&e))
+        })
+        .execute()
+    }
+}
+
+/// The message of a caught error, for `last_error` and the log.
+pub fn message(e: &pg_sys::panic::CaughtError) -> String {
+    match e {
+        pg_sys::panic::CaughtError::PostgresError(r)
+        | pg_sys::panic::CaughtError::ErrorReport(r) => r.message().to_string(),
+        pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.message().to_string(),
+    }
+}
+
+/// Whom etlify's own SECURITY DEFINER functions check: the role a mapping's code
+/// runs as while it runs (a serializer calling etlify.crm_id), else the role this
+/// session acts as outside every security-definer function.
+#[pgrx::pg_extern(volatile, parallel_safe)]
+fn _caller() -> pg_sys::Oid {
+    // SAFETY: set for every backend once it is connected.
+    ACTING_FOR
+        .with(|a| a.get())
+        .unwrap_or_else(|| unsafe { pg_sys::GetOuterUserId() })
+}
+
+/// Plans `sql` (a mapping's fetch statement, with sync_if and the serializer) as
+/// `role` with `search_path`, in a security-restricted operation: sync_table's
+/// check that the caller's SQL parses, names real columns and functions, and is one
+/// statement. Nothing is executed.
+#[pgrx::pg_extern(volatile)]
+fn _check_fetch(role: pg_sys::Oid, search_path: &str, sql: &str) {
+    as_role(role, &[(c"search_path", search_path)], || {
+        pgrx::Spi::connect(|client| {
+            client
+                .prepare(sql, &[pg_sys::TEXTARRAYOID.into()])
+                .map(drop)
+                .unwrap_or_else(|e| pgrx::error!("{e}"));
+        })
+    });
+}
