@@ -120,7 +120,35 @@ $$;
 -- dependency. So the reference follows renames of the function and its schema,
 -- DROP FUNCTION is refused while the mapping exists, and pg_dump writes it by name.
 -- (A regprocedure column would do the same but pg_upgrade refuses such tables.)
+-- A partitioned source gets them on every partition too, at every level: a
+-- statement aimed at a partition fires that partition's statement triggers only.
 CREATE FUNCTION etlify._install_capture(p_mapping etlify.mappings, p_serializer regprocedure) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_rel regclass;
+BEGIN
+    FOR v_rel IN SELECT t.rel FROM etlify._capture_tables(p_mapping.source) t LOOP
+        PERFORM etlify._install_capture_on(p_mapping, p_serializer, v_rel);
+    END LOOP;
+END
+$$;
+
+-- The tables of a source that carry capture triggers: itself, and for a
+-- partitioned table every partition but foreign ones (no transition tables there).
+CREATE FUNCTION etlify._capture_tables(p_source regclass) RETURNS TABLE (rel regclass)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT p_source
+    UNION
+    SELECT t.relid FROM pg_partition_tree(p_source) t JOIN pg_class c ON c.oid = t.relid
+     WHERE c.relkind IN ('r', 'p');
+$$;
+
+CREATE FUNCTION etlify._install_capture_on(p_mapping etlify.mappings, p_serializer regprocedure, p_rel regclass)
+RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -135,13 +163,21 @@ BEGIN
     FOR e IN SELECT * FROM etlify._capture_events() LOOP
         EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s %s FOR EACH STATEMENT '
                        'WHEN (%L::pg_catalog.regprocedure IS NOT NULL) EXECUTE FUNCTION etlify._capture(%s)',
-                       v_trg || e.suffix, e.event, p_mapping.source, e.transition_tables,
+                       v_trg || e.suffix, e.event, p_rel, e.transition_tables,
                        p_serializer::text, v_args);
         -- Not extension members (pg_dump must still dump them with the user's
         -- table), but dropped with the extension so that no trigger outlives it.
-        EXECUTE format('ALTER TRIGGER %I ON %s DEPENDS ON EXTENSION etlify', v_trg || e.suffix, p_mapping.source);
+        EXECUTE format('ALTER TRIGGER %I ON %s DEPENDS ON EXTENSION etlify', v_trg || e.suffix, p_rel);
     END LOOP;
 END
+$$;
+
+-- The tables that carry a mapping's capture triggers now.
+CREATE FUNCTION etlify._capturing_tables(p_mapping int) RETURNS TABLE (rel regclass)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT t.tgrelid::regclass FROM pg_trigger t WHERE t.tgname = 'etlify_capture_' || p_mapping || '_ins';
 $$;
 
 CREATE FUNCTION etlify._drop_capture(p_mapping etlify.mappings) RETURNS void
@@ -149,13 +185,80 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    e record;
+    v_rel regclass;
 BEGIN
-    FOR e IN SELECT * FROM etlify._capture_events() LOOP
-        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'etlify_capture_' || p_mapping.id || e.suffix, p_mapping.source);
+    FOR v_rel IN SELECT t.rel FROM etlify._capturing_tables(p_mapping.id) t LOOP
+        PERFORM etlify._drop_capture_on(p_mapping.id, v_rel);
     END LOOP;
 END
 $$;
+
+CREATE FUNCTION etlify._drop_capture_on(p_mapping int, p_rel regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    e record;
+BEGIN
+    FOR e IN SELECT * FROM etlify._capture_events() LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'etlify_capture_' || p_mapping || e.suffix, p_rel);
+    END LOOP;
+END
+$$;
+
+-- "Some rows of this mapping's source may be gone, which ones is not known": what
+-- a TRUNCATE records, so that the drain re-checks every record (etlify._absorb).
+CREATE FUNCTION etlify._all_dirty(p_mapping int) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO etlify.changes (mapping_id, keys, truncated, seq)
+    VALUES (p_mapping, '{}', true, nextval('etlify.change_seq'));
+$$;
+
+-- Partitions come and go under a partitioned source: one created or attached gets
+-- the capture triggers, and its rows are dirty (they joined the source); one
+-- detached loses them, and the mapping's records are re-checked (its rows left).
+-- SECURITY DEFINER: the role running the DDL has no rights on etlify's tables.
+CREATE FUNCTION etlify._on_ddl_end() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
+AS $$
+DECLARE
+    m     etlify.mappings;
+    v_ser regprocedure;
+    v_rel regclass;
+BEGIN
+    FOR m IN SELECT mm.* FROM etlify.mappings mm JOIN pg_class c ON c.oid = mm.source
+              WHERE c.relkind = 'p' ORDER BY mm.id LOOP
+        v_ser := etlify._serializer(m);
+        CONTINUE WHEN v_ser IS NULL;
+        FOR v_rel IN SELECT t.rel FROM etlify._capture_tables(m.source) t
+                     EXCEPT SELECT c.rel FROM etlify._capturing_tables(m.id) c LOOP
+            PERFORM etlify._install_capture_on(m, v_ser, v_rel);
+            IF (SELECT c.relkind FROM pg_class c WHERE c.oid = v_rel) = 'r' THEN
+                EXECUTE format(
+                    'INSERT INTO etlify.queue AS q (mapping_id, key, change_seq) '
+                    'SELECT %s, t.%I::text, (SELECT nextval(''etlify.change_seq'')) FROM ONLY %s t ORDER BY 2 '
+                    'ON CONFLICT (mapping_id, key) DO UPDATE SET change_seq = EXCLUDED.change_seq',
+                    m.id, m.key_column, v_rel);
+                PERFORM etlify._wake();
+            END IF;
+        END LOOP;
+        FOR v_rel IN SELECT c.rel FROM etlify._capturing_tables(m.id) c
+                     EXCEPT SELECT t.rel FROM etlify._capture_tables(m.source) t LOOP
+            PERFORM etlify._drop_capture_on(m.id, v_rel);
+            PERFORM etlify._all_dirty(m.id);
+            PERFORM etlify._wake();
+        END LOOP;
+    END LOOP;
+END
+$$;
+
+CREATE EVENT TRIGGER etlify_ddl_end ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
+    EXECUTE FUNCTION etlify._on_ddl_end();
 
 -- The serializer a mapping's triggers depend on (NULL if they are gone).
 CREATE FUNCTION etlify._serializer(p_mapping etlify.mappings) RETURNS regprocedure
@@ -376,8 +479,9 @@ BEGIN
         RAISE EXCEPTION 'etlify.unsync_table: % is not synced to CRM "%"', $2, $1 USING ERRCODE = 'undefined_object';
     END IF;
     PERFORM etlify._require_owner($2, 'etlify.unsync_table');
-    PERFORM etlify._drop_capture(v_mapping);
+    -- forgotten first: dropping its triggers then reads as nothing to re-check
     PERFORM etlify._forget_mapping(v_mapping.id);
+    PERFORM etlify._drop_capture(v_mapping);
 END
 $$;
 
@@ -402,7 +506,8 @@ END
 $$;
 
 -- A dropped source table takes its mappings (and their state) with it, so that the
--- worker never works on a table that is gone.
+-- worker never works on a table that is gone. A dropped partition of a source took
+-- its rows with it: the mapping's records are re-checked.
 -- (SECURITY DEFINER: whoever drops the table cannot write etlify's tables.)
 CREATE FUNCTION etlify._on_sql_drop() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER
@@ -410,6 +515,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_mapping etlify.mappings;
+    v_id      int;
 BEGIN
     FOR v_mapping IN
         SELECT m.* FROM etlify.mappings m
@@ -417,6 +523,16 @@ BEGIN
          WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0
     LOOP
         PERFORM etlify._forget_mapping(v_mapping.id);
+    END LOOP;
+    FOR v_id IN
+        SELECT DISTINCT (regexp_match(d.object_identity, '^etlify_capture_(\d+)_ins on '))[1]::int
+          FROM pg_event_trigger_dropped_objects() d
+         WHERE d.object_type = 'trigger' AND d.object_identity ~ '^etlify_capture_\d+_ins on '
+    LOOP
+        IF EXISTS (SELECT 1 FROM etlify.mappings m WHERE m.id = v_id) THEN
+            PERFORM etlify._all_dirty(v_id);
+            PERFORM etlify._wake();
+        END IF;
     END LOOP;
 END
 $$;

@@ -84,7 +84,11 @@ BEGIN
         ELSE
             FOR r IN SELECT c.ctid AS tid, c.* FROM etlify.changes c WHERE c.seq IS NOT NULL ORDER BY c.seq LOOP
                 CONTINUE WHEN r.mapping_id = ANY (v_held);
-                IF r.moves IS NOT NULL AND EXISTS (SELECT 1 FROM etlify.mappings m WHERE m.id = r.mapping_id) THEN
+                IF NOT EXISTS (SELECT 1 FROM etlify.mappings m WHERE m.id = r.mapping_id) THEN
+                    DELETE FROM etlify.changes c WHERE c.ctid = r.tid;
+                    CONTINUE;
+                END IF;
+                IF r.moves IS NOT NULL THEN
                     v_old := ARRAY(SELECT r.moves[i] FROM generate_series(1, cardinality(r.moves) - 1, 2) AS i);
                     v_new := ARRAY(SELECT r.moves[i + 1] FROM generate_series(1, cardinality(r.moves) - 1, 2) AS i);
                     v_all := v_old || v_new;
@@ -107,9 +111,7 @@ BEGIN
                               UNION SELECT q.key FROM etlify.queue q WHERE q.mapping_id = r.mapping_id),
                         r.at);
                 END IF;
-                IF EXISTS (SELECT 1 FROM etlify.mappings m WHERE m.id = r.mapping_id) THEN
-                    PERFORM etlify._dirty(r.mapping_id, r.keys, r.at);
-                END IF;
+                PERFORM etlify._dirty(r.mapping_id, r.keys, r.at);
                 DELETE FROM etlify.changes c WHERE c.ctid = r.tid;
                 v_done := v_done + 1;
             END LOOP;

@@ -988,3 +988,126 @@ fn cancelled_sync_calls_never_use_up_the_request_slots() {
     );
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+/// A3: writes aimed at any partition are captured (sub-partitions, partitions
+/// created or attached after sync_table, COPY, TRUNCATE of one partition), and a
+/// partition that is detached or dropped takes its rows' CRM objects with it.
+#[test]
+fn writes_to_partitions_are_captured() {
+    let mut env = Env::start("", "");
+    exec(
+        &mut env.db,
+        r#"
+        CREATE TABLE pusers (id int PRIMARY KEY, email text NOT NULL, note text) PARTITION BY RANGE (id);
+        CREATE TABLE pusers_lo PARTITION OF pusers FOR VALUES FROM (0) TO (100);
+        CREATE TABLE pusers_hi PARTITION OF pusers FOR VALUES FROM (100) TO (1000) PARTITION BY RANGE (id);
+        CREATE TABLE pusers_hi_a PARTITION OF pusers_hi FOR VALUES FROM (100) TO (500);
+        CREATE FUNCTION pusers_p(r pusers) RETURNS jsonb LANGUAGE sql AS
+            $$ SELECT jsonb_build_object('email', r.email, 'lastname', r.note) $$;
+        INSERT INTO pusers VALUES (1, 'p1@x.test', NULL), (150, 'p150@x.test', NULL);
+        SELECT etlify.sync_table('hubspot', 'pusers', 'contacts', 'email', 'pusers_p');
+        "#,
+    );
+    wait_contact(&env, "p1@x.test", "backfilled", |_| true);
+    wait_contact(&env, "p150@x.test", "backfilled", |_| true);
+    exec(
+        &mut env.db,
+        r#"
+        INSERT INTO pusers_lo VALUES (2, 'p2@x.test', NULL);
+        INSERT INTO pusers_hi_a VALUES (151, 'p151@x.test', NULL);
+        COPY pusers_lo (id, email) FROM PROGRAM 'printf "3\tp3@x.test\n"';
+        UPDATE pusers_lo SET note = 'lo' WHERE id = 1;
+        "#,
+    );
+    for m in ["p2@x.test", "p151@x.test", "p3@x.test"] {
+        wait_contact(&env, m, "written to a partition", |_| true);
+    }
+    wait_contact(&env, "p1@x.test", "updated in a partition", |o| {
+        prop(o, "lastname") == Some("lo")
+    });
+    let archived = |env: &Env, m: &str| {
+        env.mock
+            .archived("contacts")
+            .iter()
+            .any(|o| prop(o, "email") == Some(m))
+    };
+    exec(&mut env.db, "DELETE FROM pusers_hi_a WHERE id = 151");
+    wait_for_default("p151 archived", || {
+        archived(&env, "p151@x.test").then_some(())
+    });
+
+    // partitions that join later
+    exec(
+        &mut env.db,
+        r#"
+        CREATE TABLE pusers_mid PARTITION OF pusers FOR VALUES FROM (1000) TO (2000);
+        INSERT INTO pusers_mid VALUES (1001, 'p1001@x.test', NULL);
+        CREATE TABLE pusers_x (LIKE pusers);
+        INSERT INTO pusers_x VALUES (2001, 'p2001@x.test', NULL);
+        ALTER TABLE pusers ATTACH PARTITION pusers_x FOR VALUES FROM (2000) TO (3000);
+        "#,
+    );
+    wait_contact(&env, "p1001@x.test", "in a new partition", |_| true);
+    wait_contact(&env, "p2001@x.test", "in an attached partition", |_| true);
+
+    // partitions whose rows leave
+    exec(&mut env.db, "TRUNCATE pusers_mid");
+    wait_for_default("p1001 archived", || {
+        archived(&env, "p1001@x.test").then_some(())
+    });
+    exec(&mut env.db, "ALTER TABLE pusers DETACH PARTITION pusers_x");
+    wait_for_default("p2001 archived", || {
+        archived(&env, "p2001@x.test").then_some(())
+    });
+    exec(&mut env.db, "DROP TABLE pusers_hi_a");
+    wait_for_default("p150 archived", || {
+        archived(&env, "p150@x.test").then_some(())
+    });
+    // what stays is live, and the detached table is no longer captured
+    exec(
+        &mut env.db,
+        "INSERT INTO pusers_x VALUES (2002, 'p2002@x.test', NULL)",
+    );
+    thread::sleep(Duration::from_millis(600));
+    assert!(env.mock.find("contacts", "email", "p2002@x.test").is_none());
+    let mut live: Vec<String> = env
+        .mock
+        .objects("contacts")
+        .iter()
+        .filter_map(|o| prop(o, "email").map(str::to_string))
+        .collect();
+    live.sort();
+    assert_eq!(live, ["p1@x.test", "p2@x.test", "p3@x.test"]);
+}
+
+/// 12a: switching etlify.enabled off in the middle of a backlog stops the worker
+/// within a second, not when the backlog is empty.
+#[test]
+fn switching_off_stops_the_worker_mid_backlog() {
+    let mut env = Env::start("", "");
+    map_users(&mut env.db, "");
+    env.mock.set_faults(json!({"delay_ms": 100}));
+    insert_users(&mut env.db, 1..=20_000);
+    wait_for_default("the drain is under way", || {
+        (env.mock.crm_requests().len() >= 5).then_some(())
+    });
+    exec(&mut env.db, "ALTER SYSTEM SET etlify.enabled = off");
+    exec(&mut env.db, "SELECT pg_reload_conf()");
+    thread::sleep(Duration::from_millis(1200));
+    let stopped_at = env.mock.crm_requests().len();
+    thread::sleep(Duration::from_millis(2000));
+    let later = env.mock.crm_requests().len();
+    assert!(
+        later <= stopped_at + 1,
+        "the worker went on sending: {stopped_at} then {later} requests"
+    );
+    assert!(
+        count(
+            &mut env.db,
+            "SELECT count(*) FROM etlify.sync_status WHERE state = 'pending'"
+        ) > 10_000
+    );
+    exec(&mut env.db, "ALTER SYSTEM RESET etlify.enabled");
+    exec(&mut env.db, "SELECT pg_reload_conf()");
+    env.mock.set_faults(json!({}));
+}
