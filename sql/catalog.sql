@@ -276,23 +276,29 @@ $$;
 
 -- The statement that loads and serializes a batch of keys ($1, text[]), one row
 -- per key in the order given: key, present (the row exists), included (sync_if
--- holds), payload. Built from the catalog as it is now, so renames are followed.
--- It runs as the mapping's owner with the mapping's search_path, so every name of
--- ours in it is qualified; sync_if is the user's own expression (the newline ends
--- a trailing "--" comment in it). The serializer sits in the outer target list so
--- that it runs once per joined row only: inside a lateral subquery the planner may
--- flatten it into a scan that serializes the whole table before the join.
+-- holds), payload, and its size; a payload over $2 bytes is not returned, so that
+-- a serializer that returns megabytes per row cannot fill the worker's memory.
+-- Built from the catalog as it is now, so renames are followed. It runs as the
+-- mapping's owner with the mapping's search_path, so every name of ours in it is
+-- qualified; sync_if is the user's own expression (the newline ends a trailing
+-- "--" comment in it). The serializer sits in the outer target list of the inner
+-- query so that it runs once per joined row only: inside a lateral subquery the
+-- planner may flatten it into a scan that serializes the whole table before the
+-- join. OFFSET 0 keeps the inner query apart, so it runs once per row.
 CREATE FUNCTION etlify._fetch_sql(p_mapping etlify.mappings, p_serializer regprocedure) RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT format(
-        'SELECT k._etlify_key AS key, t.%1$I IS NOT NULL AS present, '
+        'SELECT f.key, f.present, f.included, '
+        'CASE WHEN pg_catalog.pg_column_size(f.payload) OPERATOR(pg_catalog.<=) $2::pg_catalog.int8 '
+        'THEN f.payload END AS payload, pg_catalog.pg_column_size(f.payload)::pg_catalog.int8 AS size FROM ('
+        'SELECT k._etlify_key AS key, k._etlify_ord AS ord, t.%1$I IS NOT NULL AS present, '
         't.%1$I IS NOT NULL AND coalesce((%2$s' || E'\n' || '), false) AS included, '
         'CASE WHEN t.%1$I IS NOT NULL AND (%2$s' || E'\n' || ') THEN %3$I.%4$I(t) END AS payload '
         'FROM pg_catalog.unnest($1::pg_catalog.text[]) WITH ORDINALITY AS k(_etlify_key, _etlify_ord) '
         'LEFT JOIN %5$s %6$s t ON t.%1$I OPERATOR(pg_catalog.=) k._etlify_key::%7$s '
-        'ORDER BY k._etlify_ord',
+        'OFFSET 0) f ORDER BY f.ord',
         p_mapping.key_column, coalesce(p_mapping.sync_if, 'true'), n.nspname, p.proname,
         -- inherited children are not the source; a partitioned table is its partitions
         CASE WHEN c.relkind = 'p' THEN '' ELSE 'ONLY' END, p_mapping.source, p_mapping.key_type)

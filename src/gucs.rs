@@ -19,6 +19,8 @@ pub static RETRY_BACKOFF_MAX_MS: GucSetting<i32> = GucSetting::<i32>::new(3_600_
 pub static SYNC_LOG_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 /// Records claimed per round and mapping (a multiple of the adapter's batch size).
 pub static CLAIM_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1000);
+/// Largest payload a record may have, in kB (as jsonb): a bigger one fails its record.
+pub static MAX_PAYLOAD_KB: GucSetting<i32> = GucSetting::<i32>::new(1024);
 
 pub fn init(preloaded: bool) {
     // A postmaster-only setting can be defined only while the postmaster loads us;
@@ -91,6 +93,20 @@ pub fn init(preloaded: bool) {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"etlify.max_payload_size",
+        c"Largest payload a record may have; a bigger one fails that record.",
+        c"Bounds the worker's memory (at most etlify.claim_size payloads of this size) and the requests' size.",
+        &MAX_PAYLOAD_KB,
+        1,
+        1024 * 1024,
+        GucContext::Sighup,
+        GucFlags::UNIT_KB,
+    );
+}
+
+pub fn max_payload_bytes() -> i64 {
+    MAX_PAYLOAD_KB.get().max(1) as i64 * 1024
 }
 
 pub fn database() -> String {

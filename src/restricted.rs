@@ -139,7 +139,7 @@ fn _check_fetch(role: pg_sys::Oid, search_path: &str, sql: &str) {
     as_role(role, &[(c"search_path", search_path)], || {
         pgrx::Spi::connect(|client| {
             client
-                .prepare(sql, &[pg_sys::TEXTARRAYOID.into()])
+                .prepare(sql, &[pg_sys::TEXTARRAYOID.into(), pg_sys::INT8OID.into()])
                 .map(drop)
                 .unwrap_or_else(|e| pgrx::error!("{e}"));
         })

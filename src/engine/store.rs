@@ -116,6 +116,8 @@ struct Fetched {
     present: bool,
     included: bool,
     payload: Option<Value>,
+    /// The payload's size in bytes (as jsonb), also when it was too big to load.
+    size: Option<i64>,
 }
 
 /// Loads and serializes the claimed rows: one statement for the batch, as the
@@ -153,13 +155,14 @@ fn fetch(mapping_id: i32, claimed: &mut [Claimed]) {
     };
     let keys: Vec<String> = claimed.iter().map(|c| c.key.clone()).collect();
     let settings = [(c"search_path", search_path.as_str())];
+    let max = crate::gucs::max_payload_bytes();
     let rows: Vec<Result<Fetched, String>> = restricted::as_role(owner, &settings, || {
-        match restricted::in_subtransaction(|| fetch_rows(&sql, keys.clone())) {
+        match restricted::in_subtransaction(|| fetch_rows(&sql, keys.clone(), max)) {
             Ok(rows) => rows.into_iter().map(Ok).collect(),
             Err(_) => keys
                 .iter()
                 .map(|k| {
-                    restricted::in_subtransaction(|| fetch_rows(&sql, vec![k.clone()]))
+                    restricted::in_subtransaction(|| fetch_rows(&sql, vec![k.clone()], max))
                         .map_err(|e| format!("serializer failed: {e}"))
                         .and_then(|mut rows| rows.pop().ok_or_else(|| "no row".to_string()))
                 })
@@ -180,7 +183,15 @@ fn fetch(mapping_id: i32, claimed: &mut [Claimed]) {
             Ok(f) if f.key == c.key => {
                 c.present = f.present;
                 c.included = f.included;
-                c.payload = f.payload;
+                match (f.payload, f.size) {
+                    (None, Some(size)) if size > max => {
+                        c.error = Some(format!(
+                            "payload is {size} bytes, more than etlify.max_payload_size ({} kB)",
+                            max / 1024
+                        ))
+                    }
+                    (payload, _) => c.payload = payload,
+                }
             }
             Ok(f) => pgrx::error!(
                 "etlify: mapping {mapping_id}: row for key {:?} loaded in place of key {:?}",
@@ -196,16 +207,17 @@ fn fetch(mapping_id: i32, claimed: &mut [Claimed]) {
     }
 }
 
-fn fetch_rows(sql: &str, keys: Vec<String>) -> Vec<Fetched> {
+fn fetch_rows(sql: &str, keys: Vec<String>, max_payload: i64) -> Vec<Fetched> {
     Spi::connect(|client| {
         client
-            .select(sql, None, &[keys.into()])
+            .select(sql, None, &[keys.into(), max_payload.into()])
             .map(|rows| {
                 rows.map(|r| Fetched {
                     key: r.get::<String>(1).ok().flatten().unwrap_or_default(),
                     present: r.get::<bool>(2).ok().flatten().unwrap_or(false),
                     included: r.get::<bool>(3).ok().flatten().unwrap_or(false),
                     payload: r.get::<JsonB>(4).ok().flatten().map(|j| j.0),
+                    size: r.get::<i64>(5).ok().flatten(),
                 })
                 .collect()
             })

@@ -1111,3 +1111,40 @@ fn switching_off_stops_the_worker_mid_backlog() {
     exec(&mut env.db, "SELECT pg_reload_conf()");
     env.mock.set_faults(json!({}));
 }
+
+/// 12: a payload over etlify.max_payload_size fails its record (never loaded into
+/// the worker whole); the others of the batch, and other mappings, go on.
+#[test]
+fn oversized_payloads_fail_alone() {
+    let mut env = Env::start("", "");
+    exec(
+        &mut env.db,
+        r#"
+        CREATE TABLE fat (id int PRIMARY KEY, email text NOT NULL, big boolean NOT NULL);
+        CREATE FUNCTION fat_p(r fat) RETURNS jsonb LANGUAGE sql AS $$
+            SELECT jsonb_build_object('email', r.email,
+                                      'blob', CASE WHEN r.big THEN repeat('x', 2000000) ELSE 'small' END)
+        $$;
+        INSERT INTO fat SELECT i, 'fat' || i || '@x.test', i % 2 = 0 FROM generate_series(1, 40) i;
+        SELECT etlify.sync_table('hubspot', 'fat', 'contacts', 'email', 'fat_p');
+        "#,
+    );
+    map_users(&mut env.db, "");
+    insert_users(&mut env.db, [1]);
+    let s = wait_for_default("every fat record tried", || {
+        let s = statuses(&mut env.db, "hubspot", "fat");
+        (s.len() == 40 && s.values().all(|r| r.state == "synced" || r.error_count > 0))
+            .then_some(s)
+    });
+    for i in 1..=40 {
+        let r = &s[&i.to_string()];
+        if i % 2 == 0 {
+            let e = r.last_error.clone().unwrap_or_default();
+            assert!(e.contains("etlify.max_payload_size"), "{i}: {r:?}");
+        } else {
+            assert_eq!(r.state, "synced", "{i}: {r:?}");
+        }
+    }
+    wait_users_state(&mut env.db, &[1], "synced");
+    assert_eq!(env.mock.objects("contacts").len(), 21);
+}
