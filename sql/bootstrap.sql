@@ -26,7 +26,12 @@ CREATE TABLE etlify.crms (
     max_sync_errors int NOT NULL DEFAULT 3 CHECK (max_sync_errors > 0),
     batch_size      int CHECK (batch_size IS NULL OR batch_size > 0),
     created_at      timestamptz NOT NULL DEFAULT now(),
-    updated_at      timestamptz NOT NULL DEFAULT now()
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    -- where the CRM was registered (or last resumed): a copy of the database (a
+    -- restore, a template) finds another system or database here, and holds the
+    -- CRM until an operator resumes it (etlify._home(), etlify.resume)
+    home_system     text NOT NULL DEFAULT '',
+    home_database   oid NOT NULL DEFAULT 0
 );
 
 -- Secrets live apart so that crms can be readable by monitoring roles while the
@@ -167,8 +172,25 @@ REVOKE ALL ON ALL SEQUENCES IN SCHEMA etlify FROM PUBLIC;
 -- trigger writes etlify.changes itself (src/capture.rs).
 GRANT USAGE ON SCHEMA etlify TO PUBLIC;
 
--- pg_dump keeps the configuration; state is rebuilt by a backfill after a restore.
+-- pg_dump keeps the configuration and the sync state, so that a restored copy
+-- updates the same CRM objects. Not the secrets: a dump file carries no token, and
+-- a restored copy cannot write to the CRM before an operator gives it one again.
 SELECT pg_catalog.pg_extension_config_dump('etlify.crms', '');
-SELECT pg_catalog.pg_extension_config_dump('etlify.crm_secrets', '');
 SELECT pg_catalog.pg_extension_config_dump('etlify.mappings', '');
 SELECT pg_catalog.pg_extension_config_dump('etlify.mappings_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('etlify.records', '');
+SELECT pg_catalog.pg_extension_config_dump('etlify.queue', '');
+SELECT pg_catalog.pg_extension_config_dump('etlify.changes', '');
+SELECT pg_catalog.pg_extension_config_dump('etlify.change_seq', '');
+
+-- The database's owner may dump it without being a superuser: pg_dump reads what
+-- is dumped above.
+DO $$
+DECLARE
+    v_owner regrole := (SELECT d.datdba::regrole FROM pg_catalog.pg_database d
+                         WHERE d.datname = pg_catalog.current_database());
+BEGIN
+    EXECUTE format('GRANT SELECT ON etlify.crms, etlify.mappings, etlify.records, etlify.queue, '
+                   'etlify.changes, etlify.mappings_id_seq, etlify.change_seq TO %s', v_owner);
+END
+$$;

@@ -38,6 +38,16 @@ BEGIN
 END
 $$;
 
+-- Where this database is: the cluster's system identifier and the database's OID.
+-- A CRM registered elsewhere (this is a restored or templated copy) is held.
+CREATE FUNCTION etlify._home(OUT system text, OUT database oid)
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT (SELECT c.system_identifier::text FROM pg_control_system() c),
+           (SELECT d.oid FROM pg_database d WHERE d.datname = current_database());
+$$;
+
 CREATE FUNCTION etlify.register_crm(
     name            text,
     adapter         text,
@@ -82,12 +92,15 @@ BEGIN
     PERFORM etlify._validate_adapter($2, v_config, $9,
         $4 IS NOT NULL OR EXISTS (SELECT 1 FROM etlify.crm_secrets s WHERE s.crm = v_name));
 
-    INSERT INTO etlify.crms AS c (name, adapter, config, enabled, rate_limit, rate_period, max_sync_errors, batch_size)
-    VALUES (v_name, $2, v_config, coalesce($5, true), $6, $7, $8, $9)
+    -- registering (again) here makes this database the CRM's home: it lifts a hold
+    INSERT INTO etlify.crms AS c (name, adapter, config, enabled, rate_limit, rate_period, max_sync_errors,
+                                  batch_size, home_system, home_database)
+    SELECT v_name, $2, v_config, coalesce($5, true), $6, $7, $8, $9, h.system, h.database FROM etlify._home() h
     ON CONFLICT ON CONSTRAINT crms_pkey DO UPDATE
        SET adapter = EXCLUDED.adapter, config = EXCLUDED.config, enabled = EXCLUDED.enabled,
            rate_limit = EXCLUDED.rate_limit, rate_period = EXCLUDED.rate_period,
            max_sync_errors = EXCLUDED.max_sync_errors, batch_size = EXCLUDED.batch_size,
+           home_system = EXCLUDED.home_system, home_database = EXCLUDED.home_database,
            updated_at = now();
 
     -- NULL keeps the stored secret, so re-registering to change a setting does not

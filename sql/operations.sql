@@ -443,20 +443,41 @@ $$;
 
 -- What the drain works through: enabled and disabled mappings with their CRM's
 -- settings (secrets included: only superusers can call this).
+-- held: the CRM was registered in another database or cluster (this one is a
+-- copy); nothing is sent to it until etlify.resume() or register_crm here.
 CREATE FUNCTION etlify._work(p_crm text DEFAULT NULL)
 RETURNS TABLE (mapping_id int, crm text, source regclass, source_name text, object_type text, id_property text,
                adapter text, config jsonb, secret text, enabled boolean, rate_limit int,
-               rate_period_ms double precision, batch_size int, crm_version timestamptz)
+               rate_period_ms double precision, batch_size int, crm_version timestamptz, held boolean)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT m.id, m.crm, m.source, m.source::text, m.object_type, m.id_property, c.adapter, c.config, s.secret,
-           c.enabled, c.rate_limit, extract(epoch FROM c.rate_period) * 1000, c.batch_size, c.updated_at
+           c.enabled, c.rate_limit, extract(epoch FROM c.rate_period) * 1000, c.batch_size, c.updated_at,
+           (c.home_system, c.home_database) IS DISTINCT FROM (h.system, h.database)
       FROM etlify.mappings m
       JOIN etlify.crms c ON c.name = m.crm
       LEFT JOIN etlify.crm_secrets s ON s.crm = c.name
+      CROSS JOIN etlify._home() h
      WHERE p_crm IS NULL OR m.crm = p_crm
      ORDER BY m.id;
+$$;
+
+-- Lifts a hold (this database is a copy, and the operator says it may write to the
+-- CRM): this database becomes the CRM's home.
+CREATE FUNCTION etlify.resume(crm text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    UPDATE etlify.crms c SET home_system = h.system, home_database = h.database, updated_at = now()
+      FROM etlify._home() h WHERE c.name = $1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'etlify.resume: unknown CRM "%"', $1 USING ERRCODE = 'undefined_object';
+    END IF;
+    PERFORM etlify._wake();
+END
 $$;
 
 -- The mapping a user names and a `key` argument turned into the record's key: parsed
@@ -676,6 +697,29 @@ SELECT m.crm,
  WHERE has_table_privilege(m.source, 'SELECT')
  GROUP BY m.id, m.crm, m.source;
 
+-- One row per CRM: whether the workers may send to it. (Pauses, rate-limit and
+-- quota figures come with the shared per-CRM state; their columns are here
+-- already.)
+CREATE VIEW etlify.crm_status AS
+SELECT c.name AS crm,
+       c.adapter,
+       c.enabled,
+       CASE WHEN NOT c.enabled THEN 'disabled'
+            WHEN (c.home_system, c.home_database) IS DISTINCT FROM (h.system, h.database) THEN 'held'
+            ELSE 'ok' END AS state,
+       NULL::timestamptz AS paused_until,
+       CASE WHEN c.enabled AND (c.home_system, c.home_database) IS DISTINCT FROM (h.system, h.database)
+            THEN 'this database is a copy: the CRM was registered in another database or cluster; '
+                 || 'run etlify.resume(' || quote_literal(c.name) || ') to let it write there'
+       END AS pause_reason,
+       c.rate_limit,
+       c.rate_period,
+       NULL::bigint AS requests_last_period,
+       NULL::bigint AS throttled_total,
+       NULL::bigint AS daily_used,
+       NULL::bigint AS daily_limit
+  FROM etlify.crms c CROSS JOIN etlify._home() h;
+
 CREATE VIEW etlify.sync_log AS
 SELECT at, crm, source, operation, records, http_status, duration_ms, error
   FROM etlify.sync_log_entries l
@@ -713,12 +757,15 @@ $$;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA etlify FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA etlify FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION etlify.register_crm, etlify.sync_table, etlify.unsync_table, etlify.sync,
-    etlify.delete, etlify.enqueue, etlify.drain, etlify.sync_stale, etlify.reset_errors, etlify.crm_id
+    etlify.delete, etlify.enqueue, etlify.drain, etlify.sync_stale, etlify.reset_errors, etlify.crm_id,
+    etlify.resume
     TO etlify_admin;
 -- sync_table and sync_stale hand over to them with the caller's search_path; they
 -- check the caller themselves
 GRANT EXECUTE ON FUNCTION etlify._declare_mapping, etlify._sync_stale TO etlify_admin;
+-- etlify.crm_status calls it (a view's functions run with the querying role's rights)
+GRANT EXECUTE ON FUNCTION etlify._home TO etlify_admin;
 -- CREATE TRIGGER checks EXECUTE on the trigger function: a database owner who is a
 -- member restores its tables' capture triggers from a dump
 GRANT EXECUTE ON FUNCTION etlify._capture TO etlify_admin;
-GRANT SELECT ON etlify.sync_status, etlify.overview, etlify.sync_log TO etlify_admin;
+GRANT SELECT ON etlify.sync_status, etlify.overview, etlify.sync_log, etlify.crm_status TO etlify_admin;

@@ -1,6 +1,7 @@
 //! SQL functions written in Rust. The rest of the API is SQL (sql/*.sql).
 
 use crate::engine::{Engine, Host};
+use crate::error::Error;
 use etlify_core::adapter::{self, CrmSettings};
 use etlify_core::http::Unpaced;
 use etlify_core::plan::{Intent, Verdict};
@@ -13,10 +14,13 @@ use pgrx::JsonB;
 #[pg_extern(volatile)]
 fn _validate_adapter(adapter: &str, config: JsonB, batch_size: Option<i32>, has_secret: bool) {
     if let Err(e) = adapter::validate(adapter, &config.0) {
-        error!("etlify.register_crm: {e}");
+        Error::invalid(format!("etlify.register_crm: {e}")).raise();
     }
     if let Some(n) = batch_size.filter(|n| *n <= 0) {
-        error!("etlify.register_crm: batch_size must be positive, got {n}");
+        Error::invalid(format!(
+            "etlify.register_crm: batch_size must be positive, got {n}"
+        ))
+        .raise();
     }
     let settings = CrmSettings {
         adapter: adapter.to_string(),
@@ -25,7 +29,7 @@ fn _validate_adapter(adapter: &str, config: JsonB, batch_size: Option<i32>, has_
         batch_size: batch_size.map(|n| n as usize),
     };
     if let Err(e) = adapter::build(&settings, Box::new(Unpaced)) {
-        error!("etlify.register_crm: {e}");
+        Error::invalid(format!("etlify.register_crm: {e}")).raise();
     }
 }
 
@@ -38,7 +42,10 @@ fn _validate_adapter(adapter: &str, config: JsonB, batch_size: Option<i32>, has_
 fn drain(crm: default!(Option<&str>, "NULL"), max_records: default!(Option<i32>, "NULL")) -> JsonB {
     if let Some(n) = max_records {
         if n < 0 {
-            error!("etlify.drain: max_records must not be negative, got {n}");
+            Error::invalid(format!(
+                "etlify.drain: max_records must not be negative, got {n}"
+            ))
+            .raise();
         }
     }
     if let Some(name) = crm {
@@ -50,7 +57,7 @@ fn drain(crm: default!(Option<&str>, "NULL"), max_records: default!(Option<i32>,
         .flatten()
         .unwrap_or(false);
         if !known {
-            error!("etlify.drain: unknown CRM \"{name}\"");
+            Error::undefined(format!("etlify.drain: unknown CRM \"{name}\"")).raise();
         }
     }
     let counts = Engine::new(Host::Inline).drain(crm, max_records.map(|n| n as usize), &|| false);

@@ -21,11 +21,7 @@ thread_local! {
     static APPEND: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum CaptureError {
-    #[error("etlify: capture trigger {0}")]
-    Setup(String),
-}
+type CaptureError = crate::error::Error;
 
 /// A column the trigger reads: where it is and how to compare its values.
 struct Column {
@@ -53,23 +49,29 @@ unsafe fn attribute<'a>(tupdesc: pg_sys::TupleDesc, i: usize) -> &'a pg_sys::For
 /// so that a writer's memory stays bounded whatever the statement's size.
 const FLUSH_KEYS: usize = 65_536;
 
+/// Errors are raised as Postgres errors with their SQLSTATE (error.rs), not
+/// returned: pgrx would report a returned error as a trigger panic.
 #[pg_trigger]
 fn _capture<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, CaptureError> {
-    let args = trigger
-        .extra_args()
-        .map_err(|e| CaptureError::Setup(e.to_string()))?;
+    capture(trigger).unwrap_or_else(|e| e.raise());
+    Ok(None)
+}
+
+fn capture(trigger: &PgTrigger<'_>) -> Result<(), CaptureError> {
+    let bad = |what: String| CaptureError::invalid(format!("etlify: capture trigger {what}"));
+    let args = trigger.extra_args().map_err(|e| bad(e.to_string()))?;
     let (mapping_id, key_name, watch) = match args.as_slice() {
         [m, k, rest @ ..] => (
             m.parse::<i32>()
-                .map_err(|_| CaptureError::Setup(format!("has a bad mapping id {m:?}")))?,
+                .map_err(|_| bad(format!("has a bad mapping id {m:?}")))?,
             k.as_str(),
             rest,
         ),
         _ => {
-            return Err(CaptureError::Setup(
-                "needs (mapping id, key column, watched columns…)".into(),
+            return Err(bad(
+                "needs (mapping id, key column, watched columns…)".into()
             ))
         }
     };
@@ -81,7 +83,7 @@ fn _capture<'a>(
         sink.truncated = true;
         sink.flush()?;
         crate::wake::_wake();
-        return Ok(None);
+        return Ok(());
     }
 
     // SAFETY: an AFTER trigger's relation and transition tables are valid for the
@@ -125,7 +127,7 @@ fn _capture<'a>(
     if sink.wrote {
         crate::wake::_wake();
     }
-    Ok(None)
+    Ok(())
 }
 
 /// What one statement changed, appended to etlify.changes in rows of at most
@@ -197,8 +199,8 @@ fn append(
         let schema = pg_sys::get_namespace_oid(c"etlify".as_ptr(), true);
         let relid = pg_sys::get_relname_relid(c"changes".as_ptr(), schema);
         if relid == pg_sys::InvalidOid {
-            return Err(CaptureError::Setup(
-                "cannot find etlify.changes; is the extension installed?".into(),
+            return Err(CaptureError::internal(
+                "etlify: capture trigger cannot find etlify.changes; is the extension installed?",
             ));
         }
         let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
@@ -280,7 +282,11 @@ fn append_spi(
     truncated: bool,
     seq: Option<i64>,
 ) -> Result<(), CaptureError> {
-    let err = |e: pgrx::spi::SpiError| CaptureError::Setup(format!("cannot record changes: {e}"));
+    let err = |e: pgrx::spi::SpiError| {
+        CaptureError::internal(format!(
+            "etlify: capture trigger cannot record changes: {e}"
+        ))
+    };
     Spi::connect_mut(|client| {
         APPEND.with(|cell| {
             let mut slot = cell.borrow_mut();
@@ -328,9 +334,11 @@ unsafe fn column(tupdesc: pg_sys::TupleDesc, name: &str) -> Result<Column, Captu
         })
         .map(Column::of)
         .ok_or_else(|| {
-            CaptureError::Setup(format!(
-                "cannot find column \"{name}\"; was it renamed or dropped? Declare the mapping again (etlify.unsync_table, etlify.sync_table)"
-            ))
+            CaptureError::new(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                format!("etlify: capture trigger cannot find column \"{name}\"; was it renamed or dropped?"),
+            )
+            .with_hint("Declare the mapping again: etlify.unsync_table(), then etlify.sync_table().")
         })
 }
 

@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 mod api;
 mod capture;
 mod engine;
+mod error;
 mod gucs;
 mod keys;
 mod latch;
@@ -33,6 +34,7 @@ pub extern "C-unwind" fn _PG_init() {
     // Shared memory and the worker exist only when preloaded; without the preload
     // the extension still records changes, and etlify.drain() does the worker's job.
     let preloaded = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    error::quiet_backtraces();
     gucs::init(preloaded);
     if preloaded {
         use requests::REQUESTS;

@@ -148,7 +148,8 @@ impl Engine {
                     // etlify.sync() callers wait: serve them between batches
                     crate::requests::serve(self);
                 }
-                if self.paused(&w.crm) {
+                // a held CRM (this database is a copy) waits for etlify.resume()
+                if w.held || self.paused(&w.crm) {
                     continue;
                 }
                 let limit = crate::gucs::claim_size().min(budget);
@@ -203,8 +204,25 @@ impl Engine {
             .into_iter()
             .find(|w| w.mapping_id == mapping_id)
         else {
-            pgrx::error!("etlify: mapping {mapping_id} no longer exists");
+            crate::error::Error::undefined(format!(
+                "etlify: mapping {mapping_id} no longer exists"
+            ))
+            .raise();
         };
+        if w.held && w.enabled {
+            crate::error::Error::new(
+                pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "etlify: CRM \"{}\" is held: this database is a copy of the one it was registered in",
+                    w.crm
+                ),
+            )
+            .with_hint(format!(
+                "If this copy may write to that CRM, run etlify.resume('{}').",
+                w.crm.replace('\'', "''")
+            ))
+            .raise();
+        }
         // a stale crm_id is forgotten by the first attempt and upserted by the second
         for _ in 0..2 {
             let rows = host

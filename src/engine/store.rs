@@ -23,6 +23,9 @@ pub struct Work {
     pub batch_size: Option<i32>,
     /// Changes whenever the CRM is registered again: cached adapters are rebuilt.
     pub crm_version: String,
+    /// The CRM was registered in another database or cluster: this one is a copy,
+    /// and sends nothing to it until an operator resumes it.
+    pub held: bool,
 }
 
 fn spi_err(what: &str, e: pgrx::spi::SpiError) -> ! {
@@ -34,7 +37,7 @@ pub fn work(crm: Option<&str>) -> Vec<Work> {
         let rows = client
             .select(
                 "SELECT mapping_id, crm, source::oid, source_name, object_type, id_property, adapter, \
-                 config, secret, enabled, rate_limit, rate_period_ms, batch_size, crm_version::text \
+                 config, secret, enabled, rate_limit, rate_period_ms, batch_size, crm_version::text, held \
                  FROM etlify._work($1)",
                 None,
                 &[crm.into()],
@@ -65,6 +68,7 @@ pub fn work(crm: Option<&str>) -> Vec<Work> {
                 rate_period_ms: r.get::<f64>(12).ok().flatten().unwrap_or(10_000.0),
                 batch_size: r.get::<i32>(13).ok().flatten(),
                 crm_version: get(14).unwrap_or_default(),
+                held: r.get::<bool>(15).ok().flatten().unwrap_or(true),
             }
         })
         .collect()

@@ -353,22 +353,22 @@ fn pg_dump_and_restore_keep_the_configuration() {
     let mut r = env.cluster.connect_db("postgres", "restored");
     let q_crm = "SELECT name || ' ' || adapter || ' ' || config::text || ' ' || enabled || ' ' \
                  || max_sync_errors FROM etlify.crms ORDER BY name";
-    let q_secret = "SELECT string_agg(crm || ':' || secret, ',') FROM etlify.crm_secrets";
     let q_map = "SELECT string_agg(concat_ws(' ', id, crm, source::text, object_type, id_property, \
                  serializer, watch::text, owner::text, key_column, key_type::text), ',') FROM etlify.mappings";
-    for q in [q_crm, q_secret, q_map] {
+    let q_state =
+        "SELECT string_agg(concat_ws(' ', mapping_id, key, state, crm_id, encode(digest, 'hex')), \
+                   ',' ORDER BY key) FROM etlify.records";
+    for q in [q_crm, q_map, q_state] {
         let a = scalar(&mut orig, q);
         let b = scalar(&mut r, q);
         assert!(a.is_some(), "{q}: nothing in the original");
-        assert_eq!(a, b, "{q}: the restored configuration differs");
+        assert_eq!(a, b, "{q}: the restored configuration or state differs");
     }
+    // no token in a dump file
     assert_eq!(
-        scalar(
-            &mut r,
-            "SELECT secret FROM etlify.crm_secrets WHERE crm = 'hubspot'"
-        )
-        .as_deref(),
-        Some(TOKEN)
+        count(&mut r, "SELECT count(*) FROM etlify.crm_secrets"),
+        0,
+        "secrets were dumped"
     );
     assert_eq!(
         scalar(
@@ -411,40 +411,102 @@ fn pg_dump_and_restore_keep_the_configuration() {
         "restored triggers depend on the extension"
     );
 
-    // a change in the restored database is captured ...
+    // the copy is held: its changes are captured, but nothing reaches the CRM
+    let requests = env.mock.crm_requests().len();
+    r.batch_execute(
+        "UPDATE users SET email = 'moved1@example.com' WHERE id = 1; DELETE FROM users WHERE id = 2",
+    )
+    .unwrap();
     insert_users(&mut r, [3]);
-    let mapping: i32 = r
-        .query_one(
-            "SELECT id FROM etlify.mappings WHERE source = 'users'::regclass",
-            &[],
-        )
-        .unwrap()
-        .get(0);
     assert_eq!(
-        count(
+        scalar(
             &mut r,
-            &format!(
-                "SELECT count(*) FROM etlify._pending WHERE mapping_id = {mapping} AND key = '3'"
-            )
-        ),
-        1,
-        "the insert in the restored database is captured"
+            "SELECT state FROM etlify.crm_status WHERE crm = 'hubspot'"
+        )
+        .as_deref(),
+        Some("held")
     );
-    // ... and sent by an inline drain (the worker serves the other database)
+    let err = r
+        .batch_execute("SELECT etlify.sync('hubspot', 'users', '3')")
+        .expect_err("sync() in a held copy");
+    assert_error(
+        &err,
+        &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "etlify.resume",
+        "sync() in a held copy",
+    );
     let drained = json(&mut r, "etlify.drain()");
-    assert_eq!(drained["synced"], json!(1), "{drained}");
-    assert!(env.mock.find("contacts", "email", &email(3)).is_some());
+    assert_eq!(drained["synced"], json!(0), "{drained}");
+    assert_eq!(env.mock.crm_requests().len(), requests, "a held copy sent");
+    assert_eq!(pending_of(&mut r), 3);
+
+    // the operator gives it the token: the restored state reaches the same objects
+    r.batch_execute(&format!(
+        "SELECT etlify.register_crm('hubspot', 'hubspot', config => '{{\"base_url\": \"{}\"}}', secret => '{TOKEN}')",
+        env.mock.url()
+    ))
+    .unwrap();
     assert_eq!(
-        status_of(&mut r, "hubspot", "users", "3")
-            .map(|s| s.state)
-            .as_deref(),
-        Some("synced")
+        scalar(
+            &mut r,
+            "SELECT state FROM etlify.crm_status WHERE crm = 'hubspot'"
+        )
+        .as_deref(),
+        Some("ok")
     );
-    // sync_stale re-checks every record: upserts by email, no duplicate
-    let stale = json(&mut r, "etlify.sync_stale('hubspot', async => false)");
-    assert_eq!(stale["total"], json!(3), "{stale}");
-    assert_eq!(stale["errors"], json!(0), "{stale}");
-    assert_eq!(env.mock.objects("contacts").len(), 3, "no duplicates");
+    let drained = json(&mut r, "etlify.drain()");
+    assert_eq!(drained["synced"], json!(2), "{drained}");
+    assert_eq!(drained["deleted"], json!(1), "{drained}");
+    let moved = env
+        .mock
+        .find("contacts", "email", "moved1@example.com")
+        .expect("user 1's contact, updated");
+    assert_eq!(
+        id_of(&moved),
+        status_of(&mut orig, "hubspot", "users", "1").and_then(|s| s.crm_id),
+        "the copy updated the same contact"
+    );
+    assert!(env.mock.find("contacts", "email", &email(2)).is_none());
+    assert!(env.mock.find("contacts", "email", &email(3)).is_some());
+    assert_eq!(env.mock.objects("contacts").len(), 2, "no duplicates");
+}
+
+fn pending_of(db: &mut Client) -> i64 {
+    count(
+        db,
+        "SELECT count(*) FROM etlify.sync_status WHERE state = 'pending'",
+    )
+}
+
+/// 3b. The database's owner, not a superuser, can pg_dump a database with etlify.
+#[test]
+fn the_database_owner_can_dump_it() {
+    let env = Env::start("", "");
+    let mut db = env.cluster.client();
+    db.batch_execute("CREATE ROLE dbo LOGIN NOSUPERUSER")
+        .unwrap();
+    db.batch_execute("CREATE DATABASE owned OWNER dbo").unwrap();
+    // the owner's own tables; the extension is created by a superuser
+    let mut dbo = env.cluster.connect_db("dbo", "owned");
+    dbo.batch_execute(etlify_e2e::fixtures::USERS).unwrap();
+    let mut o = env.cluster.connect_db("postgres", "owned");
+    o.batch_execute(
+        "CREATE EXTENSION etlify;
+         SELECT etlify.register_crm('n', 'null');
+         SELECT etlify.sync_table('n', 'users', 'contacts', 'email', 'user_payload');",
+    )
+    .unwrap();
+    let dump = env.cluster.dir().join("owned.sql");
+    let dump_s = dump.display().to_string();
+    env.cluster.run_tool(
+        "pg_dump",
+        &["--no-password", "-U", "dbo", "-f", &dump_s, "owned"],
+    );
+    let text = std::fs::read_to_string(&dump).unwrap();
+    assert!(
+        text.contains("etlify.mappings"),
+        "the dump has the mappings"
+    );
 }
 
 /// 4. Schema, table, key, columns and serializer names that need quoting everywhere.

@@ -46,7 +46,9 @@ fn assert_fails(db: &mut Client, sql: &str, states: &[SqlState], text: &str) {
             );
             assert!(message.contains(text), "{sql}: {message}");
             assert!(
-                !message.contains("panicked") && !message.contains("backtrace"),
+                !message.contains("panicked")
+                    && !message.contains("backtrace")
+                    && !message.contains("  0: "),
                 "{sql}: {message}"
             );
         }
@@ -344,7 +346,7 @@ fn other_roles_can_do_nothing_through_etlify() {
         .query(
             "SELECT p.oid::regprocedure::text FROM pg_proc p
               WHERE p.pronamespace = 'etlify'::regnamespace AND p.proname LIKE '\\_%'
-                AND p.proname NOT IN ('_declare_mapping', '_sync_stale')
+                AND p.proname NOT IN ('_declare_mapping', '_sync_stale', '_home')
                 AND p.prorettype <> 'trigger'::regtype AND p.prorettype <> 'event_trigger'::regtype",
             &[],
         )
@@ -716,12 +718,13 @@ fn renames_are_followed_and_the_serializer_cannot_be_dropped() {
         "INSERT INTO crm_src2.users_old (id, email, first_name) VALUES (3, 'user3@example.com', 'Three')",
     );
     wait_contact(&env, &email(3), "synced", |_| true);
-    let s = statuses(&mut env.db, "hubspot", "crm_src2.users_old");
-    assert!(
-        s.values()
-            .all(|r| r.state == "synced" && r.error_count == 0),
-        "{s:?}"
-    );
+    wait_for_default("every record synced, none failed", || {
+        let s = statuses(&mut env.db, "hubspot", "crm_src2.users_old");
+        (s.len() == 3
+            && s.values()
+                .all(|r| r.state == "synced" && r.error_count == 0))
+        .then_some(())
+    });
 }
 
 /// 7a: TRUNCATE (and DELETE) while the first batch of a backfill is in flight:
@@ -1133,8 +1136,7 @@ fn oversized_payloads_fail_alone() {
     insert_users(&mut env.db, [1]);
     let s = wait_for_default("every fat record tried", || {
         let s = statuses(&mut env.db, "hubspot", "fat");
-        (s.len() == 40 && s.values().all(|r| r.state == "synced" || r.error_count > 0))
-            .then_some(s)
+        (s.len() == 40 && s.values().all(|r| r.state == "synced" || r.error_count > 0)).then_some(s)
     });
     for i in 1..=40 {
         let r = &s[&i.to_string()];
@@ -1147,4 +1149,74 @@ fn oversized_payloads_fail_alone() {
     }
     wait_users_state(&mut env.db, &[1], "synced");
     assert_eq!(env.mock.objects("contacts").len(), 21);
+}
+
+/// D16: errors a user reads carry a real SQLSTATE and no Rust backtrace, even when
+/// the server's environment sets RUST_BACKTRACE.
+#[test]
+fn user_errors_have_a_sqlstate_and_no_backtrace() {
+    // the clusters this process starts inherit it
+    std::env::set_var("RUST_BACKTRACE", "1");
+    let mut env = Env::start("", "");
+    map_users(&mut env.db, ", watch => '{email,first_name}'");
+    insert_users(&mut env.db, [1]);
+    wait_users_state(&mut env.db, &[1], "synced");
+    for (sql, state, text) in [
+        (
+            "SELECT etlify.drain(max_records => -1)",
+            SqlState::INVALID_PARAMETER_VALUE,
+            "max_records",
+        ),
+        (
+            "SELECT etlify.drain('nope')",
+            SqlState::UNDEFINED_OBJECT,
+            "nope",
+        ),
+        (
+            "SELECT etlify.register_crm('x', 'hubspot', '{\"frob\": 1}', secret => 't')",
+            SqlState::INVALID_PARAMETER_VALUE,
+            "frob",
+        ),
+        (
+            "SELECT etlify.sync('hubspot', 'users', 'one')",
+            SqlState::INVALID_TEXT_REPRESENTATION,
+            "one",
+        ),
+        (
+            "SELECT etlify.sync('nope', 'users', '1')",
+            SqlState::UNDEFINED_OBJECT,
+            "nope",
+        ),
+    ] {
+        assert_fails(&mut env.db, sql, &[state], text);
+    }
+    // a cancelled sync() while the worker waits on the CRM
+    env.mock.set_faults(json!({"hang_ms": 3000}));
+    exec(
+        &mut env.db,
+        "UPDATE users SET first_name = 'Hang' WHERE id = 1",
+    );
+    wait_for_default("the worker waits on the CRM", || {
+        (env.mock.inflight() > 0).then_some(())
+    });
+    exec(&mut env.db, "SET statement_timeout = '200ms'");
+    assert_fails(
+        &mut env.db,
+        "SELECT etlify.sync('hubspot', 'users', '1')",
+        &[SqlState::QUERY_CANCELED],
+        "statement timeout",
+    );
+    exec(&mut env.db, "RESET statement_timeout");
+    env.mock.set_faults(json!({}));
+    // a watched column renamed under the capture trigger
+    exec(
+        &mut env.db,
+        "ALTER TABLE users RENAME COLUMN first_name TO given_name",
+    );
+    assert_fails(
+        &mut env.db,
+        "UPDATE users SET email = email",
+        &[SqlState::UNDEFINED_COLUMN],
+        "first_name",
+    );
 }
