@@ -59,6 +59,8 @@ CREATE TABLE etlify.mappings (
     owner             regrole NOT NULL,
     -- search_path in force at sync_table: serializers and sync_if resolve names with it
     search_path       text NOT NULL,
+    -- capture on a logical-replication subscriber too (etlify.capture_on_subscriber)
+    subscriber        boolean NOT NULL DEFAULT false,
     -- the source's primary key column and type, fixed at declaration time
     key_column        name NOT NULL,
     key_type          regtype NOT NULL,

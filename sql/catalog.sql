@@ -182,6 +182,67 @@ BEGIN
         -- table), but dropped with the extension so that no trigger outlives it.
         EXECUTE format('ALTER TRIGGER %I ON %s DEPENDS ON EXTENSION etlify', v_trg || e.suffix, p_rel);
     END LOOP;
+    IF p_mapping.subscriber THEN
+        PERFORM etlify._subscriber_capture_on(p_mapping, p_serializer, p_rel, true);
+    END IF;
+END
+$$;
+
+-- Logical-replication apply fires row triggers only, and only ENABLE ALWAYS (or
+-- REPLICA) ones; session_replication_role = replica skips the others too. So a
+-- subscriber's mapping gets a row trigger as well (the same function, one row at
+-- a time), enabled ALWAYS like its TRUNCATE trigger. Writes made both ways are
+-- captured twice, which only costs a second look.
+CREATE FUNCTION etlify._subscriber_capture_on(p_mapping etlify.mappings, p_serializer regprocedure,
+                                              p_rel regclass, p_on boolean) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_trg  text := 'etlify_capture_' || p_mapping.id;
+    v_args text;
+BEGIN
+    IF NOT p_on THEN
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', v_trg || '_row', p_rel);
+        EXECUTE format('ALTER TABLE %s ENABLE TRIGGER %I', p_rel, v_trg || '_trunc');
+        RETURN;
+    END IF;
+    IF (SELECT c.relkind FROM pg_class c WHERE c.oid = p_rel) = 'r'
+       AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = p_rel AND t.tgname = v_trg || '_row') THEN
+        SELECT string_agg(quote_literal(a), ', ')
+          INTO v_args
+          FROM unnest(ARRAY[p_mapping.id::text, p_mapping.key_column::text] || coalesce(p_mapping.watch, '{}')) AS a;
+        EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW '
+                       'WHEN (%L::pg_catalog.regprocedure IS NOT NULL) EXECUTE FUNCTION etlify._capture(%s)',
+                       v_trg || '_row', p_rel, p_serializer::text, v_args);
+        EXECUTE format('ALTER TRIGGER %I ON %s DEPENDS ON EXTENSION etlify', v_trg || '_row', p_rel);
+        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', p_rel, v_trg || '_row');
+    END IF;
+    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', p_rel, v_trg || '_trunc');
+END
+$$;
+
+-- Turns subscriber capture on or off for a mapping (see _subscriber_capture_on).
+CREATE FUNCTION etlify.capture_on_subscriber(crm text, source regclass, enabled boolean DEFAULT true)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    m     etlify.mappings := etlify._mapping($1, $2);
+    v_ser regprocedure := etlify._serializer(m);
+    v_rel regclass;
+BEGIN
+    PERFORM etlify._require_owner($2, 'etlify.capture_on_subscriber');
+    IF v_ser IS NULL THEN
+        RAISE EXCEPTION 'etlify.capture_on_subscriber: the capture triggers of % are gone; declare the mapping again', $2
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    UPDATE etlify.mappings mm SET subscriber = coalesce($3, true) WHERE mm.id = m.id RETURNING * INTO m;
+    FOR v_rel IN SELECT c.rel FROM etlify._capturing_tables(m.id) c LOOP
+        PERFORM etlify._subscriber_capture_on(m, v_ser, v_rel, m.subscriber);
+    END LOOP;
 END
 $$;
 
@@ -213,7 +274,7 @@ AS $$
 DECLARE
     e record;
 BEGIN
-    FOR e IN SELECT * FROM etlify._capture_events() LOOP
+    FOR e IN SELECT * FROM etlify._capture_events() UNION ALL SELECT '_row', NULL, NULL LOOP
         EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'etlify_capture_' || p_mapping || e.suffix, p_rel);
     END LOOP;
 END

@@ -66,6 +66,10 @@ CREATE FUNCTION etlify._absorb(p_limit int) RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_custom_plan
+-- A queue row locked by another open transaction (an inline drain() or sync()
+-- that has not committed) is waited for at most this long; its mapping's changes
+-- then wait for the next round, and the other mappings go on.
+SET lock_timeout = '1s'
 AS $$
 DECLARE
     v_done    bigint := 0;
@@ -88,6 +92,7 @@ BEGIN
                     DELETE FROM etlify.changes c WHERE c.ctid = r.tid;
                     CONTINUE;
                 END IF;
+              BEGIN
                 IF r.moves IS NOT NULL THEN
                     v_old := ARRAY(SELECT r.moves[i] FROM generate_series(1, cardinality(r.moves) - 1, 2) AS i);
                     v_new := ARRAY(SELECT r.moves[i + 1] FROM generate_series(1, cardinality(r.moves) - 1, 2) AS i);
@@ -114,6 +119,9 @@ BEGIN
                 PERFORM etlify._dirty(r.mapping_id, r.keys, r.at);
                 DELETE FROM etlify.changes c WHERE c.ctid = r.tid;
                 v_done := v_done + 1;
+              EXCEPTION WHEN lock_not_available THEN
+                v_held := v_held || r.mapping_id;
+              END;
             END LOOP;
         END IF;
     END IF;
@@ -146,17 +154,24 @@ BEGIN
         v_done := v_done + r.n;
         v_dropped := r.bad;
     EXCEPTION WHEN OTHERS THEN
-        -- one row breaks the batch: absorb row by row, discarding what fails
+        -- one row breaks the batch, or waits on a locked key: absorb row by row,
+        -- leaving rows whose keys are locked (and their mapping's next ones) for the
+        -- next round, and discarding rows that cannot be queued at all
         v_dropped := 0;
         FOR r IN SELECT x.ctid AS tid, x.* FROM etlify.changes x
                   WHERE x.seq IS NULL AND NOT (x.mapping_id = ANY (v_held))
                   LIMIT p_limit FOR UPDATE SKIP LOCKED LOOP
+            CONTINUE WHEN r.mapping_id = ANY (v_held);
             BEGIN
                 IF EXISTS (SELECT 1 FROM etlify.mappings m WHERE m.id = r.mapping_id) THEN
                     PERFORM etlify._dirty(r.mapping_id, r.keys, r.at);
                 END IF;
-            EXCEPTION WHEN OTHERS THEN
-                RAISE WARNING 'etlify: discarded a change row of mapping % that cannot be queued: %', r.mapping_id, SQLERRM;
+            EXCEPTION
+                WHEN lock_not_available THEN
+                    v_held := v_held || r.mapping_id;
+                    CONTINUE;
+                WHEN OTHERS THEN
+                    RAISE WARNING 'etlify: discarded a change row of mapping % that cannot be queued: %', r.mapping_id, SQLERRM;
             END;
             DELETE FROM etlify.changes c WHERE c.ctid = r.tid;
             v_done := v_done + 1;
@@ -758,7 +773,7 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA etlify FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA etlify FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION etlify.register_crm, etlify.sync_table, etlify.unsync_table, etlify.sync,
     etlify.delete, etlify.enqueue, etlify.drain, etlify.sync_stale, etlify.reset_errors, etlify.crm_id,
-    etlify.resume
+    etlify.resume, etlify.capture_on_subscriber
     TO etlify_admin;
 -- sync_table and sync_stale hand over to them with the caller's search_path; they
 -- check the caller themselves

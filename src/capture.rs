@@ -107,7 +107,17 @@ fn capture(trigger: &PgTrigger<'_>) -> Result<(), CaptureError> {
         };
         // keys are spelled the same whatever the writer's settings (keys.rs)
         crate::keys::spelled(key_type, || {
-            if event.fired_by_insert() {
+            if td.tg_event & pg_sys::TRIGGER_EVENT_ROW != 0 {
+                // a row trigger (etlify.capture_on_subscriber): one row at a time
+                let text = KeyText::new(tupdesc, &key);
+                let row = RowSlot::of(td.tg_trigtuple, tupdesc);
+                if event.fired_by_update() {
+                    let new = RowSlot::of(td.tg_newtuple, tupdesc);
+                    updated(row.0, new.0, &key, &watched, &text, &mut sink)
+                } else {
+                    text.of(row.0, &key).map_or(Ok(()), |k| sink.key(k))
+                }
+            } else if event.fired_by_insert() {
                 keys_of(td.tg_newtable, tupdesc, &key, &mut sink)
             } else if event.fired_by_delete() {
                 keys_of(td.tg_oldtable, tupdesc, &key, &mut sink)
@@ -496,22 +506,52 @@ unsafe fn walk_pairs(
     loop {
         match (o.next(), n.next()) {
             (None, None) => return Ok(true),
-            (Some(os), Some(ns)) => {
-                if same_value(os, ns, key) {
-                    if !watched.iter().all(|c| same_value(os, ns, c)) {
-                        if let Some(k) = text.of(ns, key) {
-                            sink.key(k)?;
-                        }
-                    }
-                } else {
-                    match (text.of(os, key), text.of(ns, key)) {
-                        (Some(a), Some(b)) => sink.moved(a, b)?,
-                        (a, b) => a.into_iter().chain(b).try_for_each(|k| sink.key(k))?,
-                    }
-                }
-            }
+            (Some(os), Some(ns)) => updated(os, ns, key, watched, text, sink)?,
             _ => return Ok(false),
         }
+    }
+}
+
+/// One updated row, old and new version: its key if a watched value changed, a
+/// move if its key changed.
+unsafe fn updated(
+    old: *mut pg_sys::TupleTableSlot,
+    new: *mut pg_sys::TupleTableSlot,
+    key: &Column,
+    watched: &[Column],
+    text: &KeyText,
+    sink: &mut Sink,
+) -> Result<(), CaptureError> {
+    if same_value(old, new, key) {
+        if !watched.iter().all(|c| same_value(old, new, c)) {
+            if let Some(k) = text.of(new, key) {
+                sink.key(k)?;
+            }
+        }
+        return Ok(());
+    }
+    match (text.of(old, key), text.of(new, key)) {
+        (Some(a), Some(b)) => sink.moved(a, b),
+        (a, b) => a.into_iter().chain(b).try_for_each(|k| sink.key(k)),
+    }
+}
+
+/// A row trigger's tuple in a slot of its own, for the functions above.
+struct RowSlot(*mut pg_sys::TupleTableSlot);
+
+impl RowSlot {
+    unsafe fn of(tuple: pg_sys::HeapTuple, tupdesc: pg_sys::TupleDesc) -> RowSlot {
+        let slot = pg_sys::MakeSingleTupleTableSlot(tupdesc, &pg_sys::TTSOpsHeapTuple);
+        pg_sys::ExecStoreHeapTuple(tuple, slot, false);
+        RowSlot(slot)
+    }
+}
+
+impl Drop for RowSlot {
+    fn drop(&mut self) {
+        // SAFETY: made by MakeSingleTupleTableSlot in of(), dropped once; the tuple
+        // belongs to the trigger manager (stored with shouldFree = false).
+        unsafe { pg_sys::ExecDropSingleTupleTableSlot(self.0) };
     }
 }
 

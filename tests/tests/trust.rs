@@ -340,7 +340,8 @@ fn other_roles_can_do_nothing_through_etlify() {
         assert_fails(&mut n, sql, &denied, "permission denied");
     }
     // internal functions: not callable (whatever their arguments), but for the
-    // other halves of sync_table and sync_stale, which check their caller themselves
+    // other halves of sync_table and sync_stale, which check their caller
+    // themselves, and etlify._home (where this database is), which crm_status reads
     let internal: Vec<String> = env
         .db
         .query(
@@ -1219,4 +1220,116 @@ fn user_errors_have_a_sqlstate_and_no_backtrace() {
         &[SqlState::UNDEFINED_COLUMN],
         "first_name",
     );
+}
+
+/// A7: writes that statement triggers never see. On a logical-replication
+/// subscriber, apply fires row triggers only: with etlify.capture_on_subscriber the
+/// mapping captures them; before, sync_stale repairs what was missed.
+#[test]
+fn a_subscriber_captures_replicated_writes() {
+    let mut env = Env::start("wal_level = logical", "");
+    map_users(&mut env.db, "");
+    exec(&mut env.db, "CREATE DATABASE pub");
+    let mut p = env.cluster.connect_db("postgres", "pub");
+    exec(
+        &mut p,
+        "CREATE TABLE users (id bigint PRIMARY KEY, email text, first_name text, last_name text,
+                             active boolean NOT NULL DEFAULT true, note text);
+         CREATE PUBLICATION users_pub FOR TABLE users;",
+    );
+    exec(
+        &mut p,
+        "SELECT pg_create_logical_replication_slot('users_sub', 'pgoutput')",
+    );
+    let conn = env.cluster.conninfo_db("postgres", "pub");
+    exec(
+        &mut env.db,
+        &format!(
+            "CREATE SUBSCRIPTION users_sub CONNECTION '{conn}' PUBLICATION users_pub
+             WITH (create_slot = false, slot_name = 'users_sub')"
+        ),
+    );
+    let replicated = |env: &mut Env, id: i64| {
+        wait_for_default(&format!("row {id} replicated"), || {
+            (count(
+                &mut env.db,
+                &format!("SELECT count(*) FROM users WHERE id = {id}"),
+            ) == 1)
+                .then_some(())
+        })
+    };
+    // without the option, apply's writes are not seen
+    exec(
+        &mut p,
+        "INSERT INTO users (id, email) VALUES (1, 'user1@example.com')",
+    );
+    replicated(&mut env, 1);
+    thread::sleep(Duration::from_millis(600));
+    assert!(env.mock.find("contacts", "email", &email(1)).is_none());
+    // sync_stale repairs it; the option captures what comes next
+    exec(
+        &mut env.db,
+        "SELECT etlify.sync_stale('hubspot');
+         SELECT etlify.capture_on_subscriber('hubspot', 'users');",
+    );
+    wait_contact(&env, &email(1), "repaired by sync_stale", |_| true);
+    exec(
+        &mut p,
+        "INSERT INTO users (id, email) VALUES (2, 'user2@example.com');
+         UPDATE users SET first_name = 'Replicated' WHERE id = 1;",
+    );
+    wait_contact(&env, &email(2), "replicated insert", |_| true);
+    wait_contact(&env, &email(1), "replicated update", |o| {
+        prop(o, "firstname") == Some("Replicated")
+    });
+    exec(
+        &mut p,
+        "UPDATE users SET id = 20 WHERE id = 2; DELETE FROM users WHERE id = 1",
+    );
+    wait_for_default("replicated delete archived", || {
+        env.mock
+            .find("contacts", "email", &email(1))
+            .is_none()
+            .then_some(())
+    });
+    wait_users_state(&mut env.db, &[20], "synced");
+    assert!(env.mock.find("contacts", "email", &email(2)).is_some());
+    assert_eq!(env.mock.archived("contacts").len(), 1);
+    exec(&mut env.db, "DROP SUBSCRIPTION users_sub");
+}
+
+/// 12a: a transaction that called drain() and stays open (its locks on the queue,
+/// the records and the request log held) stalls neither the worker's other records
+/// nor its log; its own keys follow once it ends.
+#[test]
+fn an_open_drain_transaction_stalls_nothing_else() {
+    let mut env = Env::start("etlify.sync_log_size = 2", "");
+    map_users(&mut env.db, "");
+    insert_users(&mut env.db, 1..=3);
+    wait_users_state(&mut env.db, &[1, 2, 3], "synced");
+    // key 1 dirty (the worker switched off meanwhile); an inline drain handles it
+    // and its transaction stays open
+    let mut open = env.cluster.client();
+    exec(&mut open, "ALTER SYSTEM SET etlify.enabled = off");
+    exec(&mut open, "SELECT pg_reload_conf()");
+    thread::sleep(Duration::from_millis(500));
+    exec(&mut env.db, "UPDATE users SET first_name = 'Inline' WHERE id = 1");
+    exec(&mut open, "BEGIN; SELECT etlify.drain();");
+    exec(&mut env.db, "ALTER SYSTEM RESET etlify.enabled");
+    exec(&mut env.db, "SELECT pg_reload_conf()");
+    // changes of key 1 (locked by the open transaction) and of keys 2 and 3
+    exec(
+        &mut env.db,
+        "UPDATE users SET first_name = 'Later' WHERE id = 1;
+         UPDATE users SET first_name = 'Free' WHERE id IN (2, 3);",
+    );
+    for i in [2, 3] {
+        wait_contact(&env, &email(i), "updated while a drain() is open", |o| {
+            prop(o, "firstname") == Some("Free")
+        });
+    }
+    exec(&mut open, "COMMIT");
+    wait_contact(&env, &email(1), "updated once the drain() ended", |o| {
+        prop(o, "firstname") == Some("Later")
+    });
 }
