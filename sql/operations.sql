@@ -78,6 +78,11 @@ DECLARE
     v_new     text[];
     v_all     text[];
     v_dropped bigint;
+    v_keys    text[];
+    v_key     text;
+    v_left    text[];
+    -- 'mapping:key' of queue rows another open transaction holds
+    v_locked  text[] := '{}';
     r         record;
 BEGIN
     IF EXISTS (SELECT 1 FROM etlify.changes c WHERE c.seq IS NOT NULL) THEN
@@ -154,26 +159,40 @@ BEGIN
         v_done := v_done + r.n;
         v_dropped := r.bad;
     EXCEPTION WHEN OTHERS THEN
-        -- one row breaks the batch, or waits on a locked key: absorb row by row,
-        -- leaving rows whose keys are locked (and their mapping's next ones) for the
-        -- next round, and discarding rows that cannot be queued at all
+        -- one row breaks the batch, or waits on a queue row that another open
+        -- transaction holds: absorb row by row, and key by key where a key is
+        -- locked. Locked keys stay in etlify.changes for the next round; rows that
+        -- cannot be queued at all are discarded.
         v_dropped := 0;
+        PERFORM set_config('lock_timeout', '50ms', true);
         FOR r IN SELECT x.ctid AS tid, x.* FROM etlify.changes x
                   WHERE x.seq IS NULL AND NOT (x.mapping_id = ANY (v_held))
                   LIMIT p_limit FOR UPDATE SKIP LOCKED LOOP
-            CONTINUE WHEN r.mapping_id = ANY (v_held);
+            v_left := ARRAY(SELECT k.key FROM unnest(r.keys) AS k(key)
+                             WHERE (r.mapping_id || ':' || k.key) = ANY (v_locked));
+            v_keys := ARRAY(SELECT k.key FROM unnest(r.keys) AS k(key)
+                             WHERE NOT coalesce((r.mapping_id || ':' || k.key) = ANY (v_locked), false));
             BEGIN
                 IF EXISTS (SELECT 1 FROM etlify.mappings m WHERE m.id = r.mapping_id) THEN
-                    PERFORM etlify._dirty(r.mapping_id, r.keys, r.at);
+                    PERFORM etlify._dirty(r.mapping_id, v_keys, r.at);
                 END IF;
             EXCEPTION
                 WHEN lock_not_available THEN
-                    v_held := v_held || r.mapping_id;
-                    CONTINUE;
+                    FOREACH v_key IN ARRAY v_keys LOOP
+                        BEGIN
+                            PERFORM etlify._dirty(r.mapping_id, ARRAY[v_key], r.at);
+                        EXCEPTION WHEN lock_not_available THEN
+                            v_locked := v_locked || (r.mapping_id || ':' || v_key);
+                            v_left := v_left || v_key;
+                        END;
+                    END LOOP;
                 WHEN OTHERS THEN
                     RAISE WARNING 'etlify: discarded a change row of mapping % that cannot be queued: %', r.mapping_id, SQLERRM;
             END;
             DELETE FROM etlify.changes c WHERE c.ctid = r.tid;
+            IF cardinality(v_left) > 0 THEN
+                INSERT INTO etlify.changes (mapping_id, keys, at) VALUES (r.mapping_id, v_left, r.at);
+            END IF;
             v_done := v_done + 1;
         END LOOP;
     END;

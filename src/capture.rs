@@ -12,7 +12,7 @@
 
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
-use pgrx::PgTrigger;
+use pgrx::{PgMemoryContexts, PgTrigger};
 use rustc_hash::FxHashMap;
 use std::cell::RefCell;
 use std::ffi::CStr;
@@ -185,7 +185,12 @@ impl Sink {
         }
         let keys = std::mem::take(&mut self.keys);
         let moves = (!self.moves.is_empty()).then(|| std::mem::take(&mut self.moves));
-        append(self.mapping_id, keys, moves, self.truncated)?;
+        // the array datums and the tuple are allocated in a context of their own,
+        // freed right after: the statement's context would keep them until the
+        // statement ends (about 60 bytes per key of a bulk statement)
+        let mut context = PgMemoryContexts::new("etlify capture");
+        // SAFETY: the closure allocates nothing that outlives it.
+        unsafe { context.switch_to(|_| append(self.mapping_id, keys, moves, self.truncated)) }?;
         self.truncated = false;
         self.wrote = true;
         Ok(())

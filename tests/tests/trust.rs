@@ -1313,7 +1313,10 @@ fn an_open_drain_transaction_stalls_nothing_else() {
     exec(&mut open, "ALTER SYSTEM SET etlify.enabled = off");
     exec(&mut open, "SELECT pg_reload_conf()");
     thread::sleep(Duration::from_millis(500));
-    exec(&mut env.db, "UPDATE users SET first_name = 'Inline' WHERE id = 1");
+    exec(
+        &mut env.db,
+        "UPDATE users SET first_name = 'Inline' WHERE id = 1",
+    );
     exec(&mut open, "BEGIN; SELECT etlify.drain();");
     exec(&mut env.db, "ALTER SYSTEM RESET etlify.enabled");
     exec(&mut env.db, "SELECT pg_reload_conf()");
