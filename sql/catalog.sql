@@ -160,6 +160,16 @@ AS $$
      WHERE c.relkind IN ('r', 'p');
 $$;
 
+-- The capture function's arguments for a mapping: its id, the key column and the
+-- watched columns, as SQL literals.
+CREATE FUNCTION etlify._capture_args(p_mapping etlify.mappings) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT string_agg(quote_literal(a), ', ')
+      FROM unnest(ARRAY[p_mapping.id::text, p_mapping.key_column::text] || coalesce(p_mapping.watch, '{}')) AS a;
+$$;
+
 CREATE FUNCTION etlify._install_capture_on(p_mapping etlify.mappings, p_serializer regprocedure, p_rel regclass)
 RETURNS void
 LANGUAGE plpgsql
@@ -167,12 +177,9 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_trg  text := 'etlify_capture_' || p_mapping.id;
-    v_args text;
+    v_args text := etlify._capture_args(p_mapping);
     e      record;
 BEGIN
-    SELECT string_agg(quote_literal(a), ', ')
-      INTO v_args
-      FROM unnest(ARRAY[p_mapping.id::text, p_mapping.key_column::text] || coalesce(p_mapping.watch, '{}')) AS a;
     FOR e IN SELECT * FROM etlify._capture_events() LOOP
         EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s %s FOR EACH STATEMENT '
                        'WHEN (%L::pg_catalog.regprocedure IS NOT NULL) EXECUTE FUNCTION etlify._capture(%s)',
@@ -200,7 +207,6 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_trg  text := 'etlify_capture_' || p_mapping.id;
-    v_args text;
 BEGIN
     IF NOT p_on THEN
         EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', v_trg || '_row', p_rel);
@@ -209,12 +215,9 @@ BEGIN
     END IF;
     IF (SELECT c.relkind FROM pg_class c WHERE c.oid = p_rel) = 'r'
        AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = p_rel AND t.tgname = v_trg || '_row') THEN
-        SELECT string_agg(quote_literal(a), ', ')
-          INTO v_args
-          FROM unnest(ARRAY[p_mapping.id::text, p_mapping.key_column::text] || coalesce(p_mapping.watch, '{}')) AS a;
         EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW '
                        'WHEN (%L::pg_catalog.regprocedure IS NOT NULL) EXECUTE FUNCTION etlify._capture(%s)',
-                       v_trg || '_row', p_rel, p_serializer::text, v_args);
+                       v_trg || '_row', p_rel, p_serializer::text, etlify._capture_args(p_mapping));
         EXECUTE format('ALTER TRIGGER %I ON %s DEPENDS ON EXTENSION etlify', v_trg || '_row', p_rel);
         EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', p_rel, v_trg || '_row');
     END IF;

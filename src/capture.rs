@@ -222,8 +222,8 @@ fn append(
         let rel = pg_sys::table_open(relid, lock);
         let form = &*(*rel).rd_rel;
         let owner = form.relowner;
-        let seq =
-            (moves.is_some() || truncated).then(|| as_owner(owner, || next_change_seq(schema)));
+        let seq = (moves.is_some() || truncated)
+            .then(|| crate::restricted::as_owner(owner, || next_change_seq(schema)));
         let att = |i: usize| attribute((*rel).rd_att, i).atttypid;
         let plain = !form.relhasindex
             && !form.relhastriggers
@@ -257,28 +257,10 @@ fn append(
             return Ok(());
         }
         pg_sys::table_close(rel, lock);
-        as_owner(owner, || {
+        crate::restricted::as_owner(owner, || {
             append_spi(mapping_id, keys, moves, truncated, seq)
         })
     }
-}
-
-/// Runs `f` as the owner of etlify's tables (our own fixed SQL only): writers need
-/// no privilege on them.
-fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
-    let mut save_user = pg_sys::InvalidOid;
-    let mut save_sec = 0;
-    // SAFETY: identity switch inside a transaction, restored on every exit.
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut save_user, &mut save_sec);
-        pg_sys::SetUserIdAndSecContext(
-            owner,
-            save_sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
-        );
-    }
-    pgrx::PgTryBuilder::new(std::panic::AssertUnwindSafe(f))
-        .finally(|| unsafe { pg_sys::SetUserIdAndSecContext(save_user, save_sec) })
-        .execute()
 }
 
 /// nextval('etlify.change_seq').

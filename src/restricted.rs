@@ -24,6 +24,23 @@ thread_local! {
 /// inside a GUC nest level; the caller's identity, security context and every
 /// setting are restored afterwards, also when `f` raises an ERROR.
 pub fn as_role<R>(role: pg_sys::Oid, settings: &[(&CStr, &str)], f: impl FnOnce() -> R) -> R {
+    as_user(role, pg_sys::SECURITY_RESTRICTED_OPERATION as i32, || {
+        let outer = ACTING_FOR.with(|a| a.replace(Some(role)));
+        PgTryBuilder::new(AssertUnwindSafe(|| with_settings(settings, f)))
+            .finally(|| ACTING_FOR.with(|a| a.set(outer)))
+            .execute()
+    })
+}
+
+/// Runs `f` as the owner of etlify's tables, for etlify's own fixed SQL only (the
+/// capture trigger writing etlify.changes for a writer who has no privilege there).
+pub fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    as_user(owner, 0, f)
+}
+
+/// Runs `f` with `role` as the current user and `flags` added to the security
+/// context; both are restored on every exit.
+fn as_user<R>(role: pg_sys::Oid, flags: i32, f: impl FnOnce() -> R) -> R {
     let mut save_user = pg_sys::InvalidOid;
     let mut save_sec = 0;
     // SAFETY: plain calls into Postgres on the main thread, inside a transaction.
@@ -31,23 +48,12 @@ pub fn as_role<R>(role: pg_sys::Oid, settings: &[(&CStr, &str)], f: impl FnOnce(
         pg_sys::GetUserIdAndSecContext(&mut save_user, &mut save_sec);
         pg_sys::SetUserIdAndSecContext(
             role,
-            save_sec
-                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
-                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+            save_sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32 | flags,
         );
     }
-    let nest = unsafe { pg_sys::NewGUCNestLevel() };
-    let outer = ACTING_FOR.with(|a| a.replace(Some(role)));
-    PgTryBuilder::new(AssertUnwindSafe(|| {
-        apply(settings);
-        f()
-    }))
-    .finally(|| unsafe {
-        ACTING_FOR.with(|a| a.set(outer));
-        pg_sys::AtEOXact_GUC(false, nest);
-        pg_sys::SetUserIdAndSecContext(save_user, save_sec);
-    })
-    .execute()
+    PgTryBuilder::new(AssertUnwindSafe(f))
+        .finally(|| unsafe { pg_sys::SetUserIdAndSecContext(save_user, save_sec) })
+        .execute()
 }
 
 /// Runs `f` with `settings` applied inside a GUC nest level, restored afterwards.
