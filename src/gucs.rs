@@ -19,6 +19,8 @@ pub static RETRY_BACKOFF_MAX_MS: GucSetting<i32> = GucSetting::<i32>::new(3_600_
 pub static SYNC_LOG_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 /// Records claimed per round and mapping (a multiple of the adapter's batch size).
 pub static CLAIM_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1000);
+/// Longest a batch of serializer calls may run in the worker, in ms (0: no limit).
+pub static SERIALIZER_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 /// Largest payload a record may have, in kB (as jsonb): a bigger one fails its record.
 pub static MAX_PAYLOAD_KB: GucSetting<i32> = GucSetting::<i32>::new(1024);
 
@@ -94,6 +96,16 @@ pub fn init(preloaded: bool) {
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
+        c"etlify.serializer_timeout",
+        c"Longest the worker lets a mapping's serializer run over one batch (0: no limit).",
+        c"A batch that runs longer is retried row by row with the same limit; the rows that still time out fail.",
+        &SERIALIZER_TIMEOUT_MS,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
         c"etlify.max_payload_size",
         c"Largest payload a record may have; a bigger one fails that record.",
         c"Bounds the worker's memory (at most etlify.claim_size payloads of this size) and the requests' size.",
@@ -103,6 +115,10 @@ pub fn init(preloaded: bool) {
         GucContext::Sighup,
         GucFlags::UNIT_KB,
     );
+}
+
+pub fn serializer_timeout_ms() -> i32 {
+    SERIALIZER_TIMEOUT_MS.get().max(0)
 }
 
 pub fn max_payload_bytes() -> i64 {

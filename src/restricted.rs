@@ -116,6 +116,31 @@ pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
     }
 }
 
+// utils/timeout.h, which pgrx does not bind. Neither function raises an error.
+extern "C-unwind" {
+    fn enable_timeout_after(id: i32, delay_ms: i32);
+    fn disable_timeout(id: i32, keep_indicator: bool);
+}
+/// TimeoutId's STATEMENT_TIMEOUT (PostgreSQL 15).
+const STATEMENT_TIMEOUT: i32 = 3;
+
+/// Runs `f` under a statement timeout of `ms` in a background worker (where
+/// Postgres arms none: statement_timeout is armed for client statements only), so
+/// that one mapping's slow serializer cannot hold up every other mapping. In a
+/// backend the caller's own statement_timeout applies.
+pub fn bounded<R>(ms: i32, f: impl FnOnce() -> R) -> R {
+    // SAFETY: a global set once at process start.
+    if ms <= 0 || !unsafe { pg_sys::IsBackgroundWorker } {
+        return f();
+    }
+    // SAFETY: arming and disarming a timeout of this process; its handler only
+    // sets the interrupt flags that the next CHECK_FOR_INTERRUPTS acts on.
+    unsafe { enable_timeout_after(STATEMENT_TIMEOUT, ms) };
+    PgTryBuilder::new(AssertUnwindSafe(f))
+        .finally(|| unsafe { disable_timeout(STATEMENT_TIMEOUT, false) })
+        .execute()
+}
+
 /// The message of a caught error, for `last_error` and the log.
 pub fn message(e: &pg_sys::panic::CaughtError) -> String {
     match e {

@@ -160,19 +160,24 @@ fn fetch(mapping_id: i32, claimed: &mut [Claimed]) {
     let keys: Vec<String> = claimed.iter().map(|c| c.key.clone()).collect();
     let settings = [(c"search_path", search_path.as_str())];
     let max = crate::gucs::max_payload_bytes();
-    let rows: Vec<Result<Fetched, String>> = restricted::as_role(owner, &settings, || {
-        match restricted::in_subtransaction(|| fetch_rows(&sql, keys.clone(), max)) {
+    let timeout = crate::gucs::serializer_timeout_ms();
+    let run = |keys: Vec<String>| {
+        restricted::in_subtransaction(|| {
+            restricted::bounded(timeout, || fetch_rows(&sql, keys, max))
+        })
+    };
+    let rows: Vec<Result<Fetched, String>> =
+        restricted::as_role(owner, &settings, || match run(keys.clone()) {
             Ok(rows) => rows.into_iter().map(Ok).collect(),
             Err(_) => keys
                 .iter()
                 .map(|k| {
-                    restricted::in_subtransaction(|| fetch_rows(&sql, vec![k.clone()], max))
+                    run(vec![k.clone()])
                         .map_err(|e| format!("serializer failed: {e}"))
                         .and_then(|mut rows| rows.pop().ok_or_else(|| "no row".to_string()))
                 })
                 .collect(),
-        }
-    });
+        });
     // the statement answers one row per key, in the keys' order: anything else is
     // a bug, and a shifted result would send one row's payload as another's
     if rows.len() != claimed.len() {

@@ -1354,3 +1354,39 @@ fn an_open_drain_transaction_stalls_nothing_else() {
         prop(o, "firstname") == Some("Later")
     });
 }
+
+/// C12: a serializer that takes too long fails its own record (the worker arms a
+/// statement timeout around it, as Postgres does for client statements only); the
+/// rest of its batch and the other mappings go on.
+#[test]
+fn a_slow_serializer_fails_alone() {
+    let mut env = Env::start("etlify.serializer_timeout = '500ms'", "");
+    exec(
+        &mut env.db,
+        r#"
+        CREATE TABLE slow (id int PRIMARY KEY, email text NOT NULL);
+        CREATE FUNCTION slow_p(r slow) RETURNS jsonb LANGUAGE plpgsql AS $$
+        BEGIN
+            IF r.id = 2 THEN PERFORM pg_sleep(30); END IF;
+            RETURN jsonb_build_object('email', r.email);
+        END $$;
+        INSERT INTO slow VALUES (1, 's1@x.test'), (2, 's2@x.test'), (3, 's3@x.test');
+        SELECT etlify.sync_table('hubspot', 'slow', 'contacts', 'email', 'slow_p');
+        "#,
+    );
+    map_users(&mut env.db, "");
+    insert_users(&mut env.db, [1]);
+    wait_users_state(&mut env.db, &[1], "synced");
+    wait_contact(&env, "s1@x.test", "synced", |_| true);
+    wait_contact(&env, "s3@x.test", "synced", |_| true);
+    let s = wait_for_default("the slow record failed", || {
+        status_of(&mut env.db, "hubspot", "slow", "2").filter(|s| s.error_count > 0)
+    });
+    assert!(
+        s.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("statement timeout"),
+        "{s:?}"
+    );
+}
