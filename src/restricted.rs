@@ -32,6 +32,18 @@ pub fn as_role<R>(role: pg_sys::Oid, settings: &[(&CStr, &str)], f: impl FnOnce(
     })
 }
 
+/// The search_path a mapping's SQL runs with: the one recorded at sync_table, with
+/// pg_temp searched last. Otherwise the session's temporary tables would come
+/// first, and whoever runs an inline drain() could feed another role's serializer
+/// tables of its own.
+pub fn owner_search_path(recorded: &str) -> String {
+    if recorded.trim().is_empty() {
+        "pg_temp".into()
+    } else {
+        format!("{recorded}, pg_temp")
+    }
+}
+
 /// Runs `f` as the owner of etlify's tables, for etlify's own fixed SQL only (the
 /// capture trigger writing etlify.changes for a writer who has no privilege there).
 pub fn as_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
@@ -167,7 +179,8 @@ fn _caller() -> pg_sys::Oid {
 /// statement. Nothing is executed.
 #[pgrx::pg_extern(volatile)]
 fn _check_fetch(role: pg_sys::Oid, search_path: &str, sql: &str) {
-    as_role(role, &[(c"search_path", search_path)], || {
+    let path = owner_search_path(search_path);
+    as_role(role, &[(c"search_path", path.as_str())], || {
         pgrx::Spi::connect(|client| {
             client
                 .prepare(sql, &[pg_sys::TEXTARRAYOID.into(), pg_sys::INT8OID.into()])

@@ -106,8 +106,6 @@ struct Crm {
 pub struct Engine {
     host: Host,
     crms: HashMap<String, Crm>,
-    /// The results of the last round, for the drain's counts.
-    last: Vec<Resolved>,
 }
 
 impl Engine {
@@ -115,7 +113,6 @@ impl Engine {
         Engine {
             host,
             crms: HashMap::new(),
-            last: Vec::new(),
         }
     }
 
@@ -153,25 +150,26 @@ impl Engine {
                     continue;
                 }
                 let limit = crate::gucs::claim_size().min(budget);
-                let done = match host {
+                let results = match host {
                     // an error in one mapping (a lock, a broken declaration) costs
                     // that mapping its round, never the others theirs
                     Host::Worker => {
                         PgTryBuilder::new(AssertUnwindSafe(|| self.round(w, limit, stop)))
                             .catch_others(|e| {
                                 crate::worker::recover(e);
-                                0
+                                Vec::new()
                             })
                             .execute()
                     }
                     Host::Inline => self.round(w, limit, stop),
                 };
-                if done == 0 {
+                if results.is_empty() {
                     continue;
                 }
                 claimed_any = true;
-                budget = budget.saturating_sub(done);
-                counts.add(&self.last);
+                // one result per claimed record
+                budget = budget.saturating_sub(results.len());
+                counts.add(&results);
             }
             if !claimed_any || budget == 0 || stop() {
                 return counts;
@@ -179,21 +177,19 @@ impl Engine {
         }
     }
 
-    /// One claim of a mapping, sent and recorded; returns how many records it took.
-    fn round(&mut self, w: &Work, limit: usize, stop: &dyn Fn() -> bool) -> usize {
+    /// One claim of a mapping, sent and recorded: a result per claimed record.
+    fn round(&mut self, w: &Work, limit: usize, stop: &dyn Fn() -> bool) -> Vec<Resolved> {
         let host = self.host;
         let rows = host.step(|| store::claim(w.mapping_id, limit, host.claimer(), None));
         if rows.is_empty() {
-            return 0;
+            return Vec::new();
         }
-        let n = rows.len();
         let (results, logs) = self.process(w, rows, Intent::Reconcile, stop);
         host.step(|| {
             store::record(w.mapping_id, host.claimer(), &results);
             store::log(&w.crm, w.source, logs);
         });
-        self.last = results;
-        n
+        results
     }
 
     /// etlify.sync / etlify.delete of one key: the verdict for it.

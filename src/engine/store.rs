@@ -158,7 +158,8 @@ fn fetch(mapping_id: i32, claimed: &mut [Claimed]) {
         return;
     };
     let keys: Vec<String> = claimed.iter().map(|c| c.key.clone()).collect();
-    let settings = [(c"search_path", search_path.as_str())];
+    let path = restricted::owner_search_path(&search_path);
+    let settings = [(c"search_path", path.as_str())];
     let max = crate::gucs::max_payload_bytes();
     let timeout = crate::gucs::serializer_timeout_ms();
     let run = |keys: Vec<String>| {

@@ -1390,3 +1390,35 @@ fn a_slow_serializer_fails_alone() {
         "{s:?}"
     );
 }
+
+/// B8/B9: a role that runs drain() inline cannot feed another role's serializer
+/// tables of its own: the serializer's search_path puts pg_temp last.
+#[test]
+fn an_inline_drain_cannot_feed_a_serializer_temporary_tables() {
+    let mut env = Env::start_without_worker("", "");
+    exec(
+        &mut env.db,
+        r#"
+        CREATE TABLE labels (id bigint PRIMARY KEY, label text);
+        INSERT INTO labels VALUES (1, 'real');
+        CREATE FUNCTION labelled(u users) RETURNS jsonb LANGUAGE sql STABLE AS $$
+            SELECT jsonb_build_object('email', u.email,
+                                      'lastname', (SELECT label FROM labels WHERE id = u.id))
+        $$;
+        SELECT etlify.sync_table('hubspot', 'users', 'contacts', 'email', 'labelled');
+        CREATE ROLE adm2 LOGIN NOSUPERUSER;
+        GRANT etlify_admin TO adm2;
+        GRANT SELECT ON users TO adm2;
+        "#,
+    );
+    insert_users(&mut env.db, [1]);
+    let mut a = env.cluster.connect_as("adm2");
+    exec(
+        &mut a,
+        "CREATE TEMP TABLE labels (id bigint, label text);
+         INSERT INTO labels VALUES (1, 'planted');
+         SELECT etlify.drain();",
+    );
+    let c = wait_contact(&env, &email(1), "synced", |_| true);
+    assert_eq!(prop(&c, "lastname"), Some("real"), "{c}");
+}
