@@ -293,7 +293,8 @@ AS $$
     VALUES (p_mapping, '{}', true, nextval('etlify.change_seq'));
 $$;
 
--- Partitions come and go under a partitioned source: one created or attached gets
+-- After CREATE/ALTER TABLE. The key and watched columns of a mapping stay (see
+-- below). Partitions come and go under a partitioned source: one created or attached gets
 -- the capture triggers, and its rows are dirty (they joined the source); one
 -- detached loses them, and the mapping's records are re-checked (its rows left).
 -- SECURITY DEFINER: the role running the DDL has no rights on etlify's tables.
@@ -306,7 +307,24 @@ DECLARE
     m     etlify.mappings;
     v_ser regprocedure;
     v_rel regclass;
+    v_col text;
 BEGIN
+    -- A mapping names its key and watched columns (the capture reads them by name):
+    -- renaming or dropping one is refused here, rather than failing every write later.
+    FOR m IN SELECT mm.* FROM etlify.mappings mm
+              WHERE mm.source IN (SELECT d.objid FROM pg_event_trigger_ddl_commands() d
+                                   WHERE d.classid = 'pg_class'::regclass) LOOP
+        FOREACH v_col IN ARRAY ARRAY[m.key_column::text] || coalesce(m.watch, '{}') LOOP
+            IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = m.source AND a.attname = v_col
+                              AND a.attnum > 0 AND NOT a.attisdropped) THEN
+                RAISE EXCEPTION 'etlify: column "%" of % is the key or a watched column of its mapping to CRM "%"',
+                    v_col, m.source, m.crm
+                    USING ERRCODE = 'dependent_objects_still_exist',
+                          HINT = 'Call etlify.unsync_table() first, and etlify.sync_table() again after the change.';
+            END IF;
+        END LOOP;
+    END LOOP;
+
     FOR m IN SELECT mm.* FROM etlify.mappings mm JOIN pg_class c ON c.oid = mm.source
               WHERE c.relkind = 'p' ORDER BY mm.id LOOP
         v_ser := etlify._serializer(m);
