@@ -110,11 +110,18 @@ pub extern "C-unwind" fn etlify_worker_main(_arg: pg_sys::Datum) {
     let mut recovered = false;
     while !BackgroundWorker::sigterm_received() {
         reload_settings();
-        if gucs::enabled() && extension_installed() {
+        if gucs::enabled() {
             // before reading anything: a commit after this point wakes us again
             wake::round_started();
             set_activity("draining");
+            // everything a round does is inside the handler, the extension check
+            // too: an error costs the round, never the worker (see recover)
             PgTryBuilder::new(AssertUnwindSafe(|| {
+                // waiting callers first: they need nothing the checks below read
+                requests::serve(&mut engine);
+                if !extension_installed() {
+                    return;
+                }
                 if !recovered {
                     // claims a previous incarnation committed before it died
                     let n = transaction(|| store::release_claims(WORKER_CLAIMER));
@@ -123,7 +130,6 @@ pub extern "C-unwind" fn etlify_worker_main(_arg: pg_sys::Datum) {
                     }
                     recovered = true;
                 }
-                requests::serve(&mut engine);
                 engine.drain(None, None, &stop_requested);
             }))
             .catch_others(recover)

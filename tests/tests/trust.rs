@@ -1227,17 +1227,31 @@ fn user_errors_have_a_sqlstate_and_no_backtrace() {
     );
     exec(&mut env.db, "RESET statement_timeout");
     env.mock.set_faults(json!({}));
-    // a watched column renamed under the capture trigger
+    // the key or a watched column cannot be renamed or dropped under a mapping
+    for ddl in [
+        "ALTER TABLE users RENAME COLUMN first_name TO given_name",
+        "ALTER TABLE users DROP COLUMN first_name",
+        "ALTER TABLE users RENAME COLUMN id TO user_id",
+    ] {
+        assert_fails(
+            &mut env.db,
+            ddl,
+            &[SqlState::DEPENDENT_OBJECTS_STILL_EXIST],
+            "watched column of its mapping",
+        );
+    }
+    // other columns can
     exec(
         &mut env.db,
-        "ALTER TABLE users RENAME COLUMN first_name TO given_name",
+        "ALTER TABLE users RENAME COLUMN note TO remark",
     );
-    assert_fails(
+    exec(
         &mut env.db,
-        "UPDATE users SET email = email",
-        &[SqlState::UNDEFINED_COLUMN],
-        "first_name",
+        "UPDATE users SET first_name = 'After' WHERE id = 1",
     );
+    wait_contact(&env, &email(1), "synced after the refused DDL", |o| {
+        prop(o, "firstname") == Some("After")
+    });
 }
 
 /// A7: writes that statement triggers never see. On a logical-replication
@@ -1421,4 +1435,42 @@ fn an_inline_drain_cannot_feed_a_serializer_temporary_tables() {
     );
     let c = wait_contact(&env, &email(1), "synced", |_| true);
     assert_eq!(prop(&c, "lastname"), Some("real"), "{c}");
+}
+
+/// 15: an error where the worker checks for the extension (here: pg_extension
+/// held locked, under a lock_timeout) used to end the worker outside its round
+/// handler, leaving sync() callers to wait on a dead worker. It costs the round
+/// now; the worker stays, and serves sync() meanwhile.
+#[test]
+fn an_error_outside_a_mapping_round_keeps_the_worker_serving() {
+    let mut env = Env::start("lock_timeout = '200ms'", "");
+    map_users(&mut env.db, "");
+    insert_users(&mut env.db, [1]);
+    wait_users_state(&mut env.db, &[1], "synced");
+    let pid = env.cluster.worker_pid().expect("a worker");
+    let mut holder = env.cluster.client();
+    exec(
+        &mut holder,
+        "BEGIN; LOCK TABLE pg_catalog.pg_extension IN ACCESS EXCLUSIVE MODE;",
+    );
+    thread::sleep(Duration::from_millis(1500));
+    exec(
+        &mut env.db,
+        "UPDATE users SET first_name = 'Served' WHERE id = 1",
+    );
+    exec(&mut env.db, "SET statement_timeout = '10s'");
+    assert_eq!(
+        scalar(&mut env.db, "SELECT etlify.sync('hubspot', 'users', '1')").as_deref(),
+        Some("synced")
+    );
+    exec(&mut env.db, "RESET statement_timeout");
+    exec(&mut holder, "COMMIT");
+    assert_eq!(
+        env.cluster.worker_pid(),
+        Some(pid),
+        "the worker was restarted"
+    );
+    wait_contact(&env, &email(1), "served", |o| {
+        prop(o, "firstname") == Some("Served")
+    });
 }
