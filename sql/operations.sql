@@ -31,10 +31,13 @@ BEGIN
      WHERE rec.mapping_id = p_mapping
        AND (rec.key = ANY (v_from) OR rec.key IN (SELECT x.key FROM unnest(v_moved) x));
     INSERT INTO etlify.records SELECT * FROM unnest(v_moved);
-    -- an old key that no row took over shows as deleted: its row moved away
+    -- an old key that no row took over shows as deleted: its row moved away (and a
+    -- parked state went with the record, so its queue row is drained again)
     INSERT INTO etlify.records (mapping_id, key, state, last_synced_at)
     SELECT p_mapping, f.key, 'deleted', now() FROM unnest(v_from) AS f(key)
     ON CONFLICT (mapping_id, key) DO NOTHING;
+    UPDATE etlify.queue q SET not_before = '-infinity'
+     WHERE q.mapping_id = p_mapping AND q.key = ANY (v_from) AND q.not_before = 'infinity';
 END
 $$;
 

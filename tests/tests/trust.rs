@@ -1474,3 +1474,37 @@ fn an_error_outside_a_mapping_round_keeps_the_worker_serving() {
         prop(o, "firstname") == Some("Served")
     });
 }
+
+/// A1: a parked record whose key moves: the new key is tried again (its row
+/// changed), and the old key ends up deleted, not pending forever.
+#[test]
+fn a_parked_record_that_moves_leaves_nothing_pending() {
+    let mut env = Env::start("", ", max_sync_errors => 1");
+    exec(
+        &mut env.db,
+        r#"
+        CREATE TABLE picky (id int PRIMARY KEY, email text NOT NULL, bad boolean NOT NULL);
+        CREATE FUNCTION picky_p(r picky) RETURNS jsonb LANGUAGE plpgsql AS $$
+        BEGIN
+            IF r.bad THEN RAISE EXCEPTION 'bad row %', r.id; END IF;
+            RETURN jsonb_build_object('email', r.email);
+        END $$;
+        INSERT INTO picky VALUES (1, 'pk1@x.test', true);
+        SELECT etlify.sync_table('hubspot', 'picky', 'contacts', 'email', 'picky_p');
+        "#,
+    );
+    wait_for_default("record 1 parked", || {
+        status_of(&mut env.db, "hubspot", "picky", "1").filter(|s| s.state == "parked")
+    });
+    exec(
+        &mut env.db,
+        "UPDATE picky SET id = 500, bad = false WHERE id = 1",
+    );
+    wait_contact(&env, "pk1@x.test", "synced under the new key", |_| true);
+    wait_for_default("the old key deleted, the new one synced", || {
+        let s = statuses(&mut env.db, "hubspot", "picky");
+        (s.get("1").is_some_and(|r| r.state == "deleted")
+            && s.get("500").is_some_and(|r| r.state == "synced"))
+        .then_some(())
+    });
+}
