@@ -128,9 +128,9 @@ AS $$
            ('_trunc', 'TRUNCATE', '');
 $$;
 
--- The triggers also hold the mapping's reference to its serializer: their WHEN
--- clause names it as a regprocedure constant, which Postgres records as a
--- dependency. So the reference follows renames of the function and its schema,
+-- The triggers also hold the mapping's reference to its serializer: the TRUNCATE
+-- trigger's WHEN clause names it as a regprocedure constant, which Postgres
+-- records as a dependency. So the reference follows renames of the function and its schema,
 -- DROP FUNCTION is refused while the mapping exists, and pg_dump writes it by name.
 -- (A regprocedure column would do the same but pg_upgrade refuses such tables.)
 -- A partitioned source gets them on every partition too, at every level: a
@@ -181,10 +181,14 @@ DECLARE
     e      record;
 BEGIN
     FOR e IN SELECT * FROM etlify._capture_events() LOOP
-        EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s %s FOR EACH STATEMENT '
-                       'WHEN (%L::pg_catalog.regprocedure IS NOT NULL) EXECUTE FUNCTION etlify._capture(%s)',
+        -- the serializer reference sits on the TRUNCATE trigger only: a WHEN clause
+        -- is prepared for every statement that fires its trigger
+        EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s %s FOR EACH STATEMENT %s EXECUTE FUNCTION etlify._capture(%s)',
                        v_trg || e.suffix, e.event, p_rel, e.transition_tables,
-                       p_serializer::text, v_args);
+                       CASE WHEN e.suffix = '_trunc'
+                            THEN format('WHEN (%L::pg_catalog.regprocedure IS NOT NULL)', p_serializer::text)
+                            ELSE '' END,
+                       v_args);
         -- Not extension members (pg_dump must still dump them with the user's
         -- table), but dropped with the extension so that no trigger outlives it.
         EXECUTE format('ALTER TRIGGER %I ON %s DEPENDS ON EXTENSION etlify', v_trg || e.suffix, p_rel);
@@ -216,8 +220,8 @@ BEGIN
     IF (SELECT c.relkind FROM pg_class c WHERE c.oid = p_rel) = 'r'
        AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = p_rel AND t.tgname = v_trg || '_row') THEN
         EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE ON %s FOR EACH ROW '
-                       'WHEN (%L::pg_catalog.regprocedure IS NOT NULL) EXECUTE FUNCTION etlify._capture(%s)',
-                       v_trg || '_row', p_rel, p_serializer::text, etlify._capture_args(p_mapping));
+                       'EXECUTE FUNCTION etlify._capture(%s)',
+                       v_trg || '_row', p_rel, etlify._capture_args(p_mapping));
         EXECUTE format('ALTER TRIGGER %I ON %s DEPENDS ON EXTENSION etlify', v_trg || '_row', p_rel);
         EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', p_rel, v_trg || '_row');
     END IF;
@@ -364,7 +368,7 @@ AS $$
       FROM pg_trigger t
       JOIN pg_depend d ON d.classid = 'pg_trigger'::regclass AND d.objid = t.oid
                       AND d.refclassid = 'pg_proc'::regclass AND d.deptype = 'n'
-     WHERE t.tgrelid = p_mapping.source AND t.tgname = 'etlify_capture_' || p_mapping.id || '_ins'
+     WHERE t.tgrelid = p_mapping.source AND t.tgname = 'etlify_capture_' || p_mapping.id || '_trunc'
        AND d.refobjid <> 'etlify._capture'::regproc
      LIMIT 1;
 $$;

@@ -165,7 +165,14 @@ impl Sink {
     fn key(&mut self, key: String) -> Result<(), CaptureError> {
         self.keys.push(key);
         if self.keys.len() >= FLUSH_KEYS {
-            self.flush()?;
+            // the array datums and the tuple of a flush in the middle of a statement
+            // are freed right after, in a context of their own: the trigger call's
+            // context keeps everything until the call ends (about 60 bytes per key
+            // of a bulk statement). The last flush needs none: that context is
+            // reset after the call.
+            let mut context = PgMemoryContexts::new("etlify capture");
+            // SAFETY: the flush allocates nothing that outlives it.
+            unsafe { context.switch_to(|_| self.flush()) }?;
         }
         Ok(())
     }
@@ -185,12 +192,7 @@ impl Sink {
         }
         let keys = std::mem::take(&mut self.keys);
         let moves = (!self.moves.is_empty()).then(|| std::mem::take(&mut self.moves));
-        // the array datums and the tuple are allocated in a context of their own,
-        // freed right after: the statement's context would keep them until the
-        // statement ends (about 60 bytes per key of a bulk statement)
-        let mut context = PgMemoryContexts::new("etlify capture");
-        // SAFETY: the closure allocates nothing that outlives it.
-        unsafe { context.switch_to(|_| append(self.mapping_id, keys, moves, self.truncated)) }?;
+        append(self.mapping_id, keys, moves, self.truncated)?;
         self.truncated = false;
         self.wrote = true;
         Ok(())

@@ -7,6 +7,8 @@
 //! function, which accepts this form under any setting.
 
 use pgrx::prelude::*;
+use rustc_hash::FxHashMap;
+use std::cell::RefCell;
 use std::ffi::{CStr, CString};
 
 /// The settings keys are spelled under. sql/catalog.sql's backfill uses the same.
@@ -20,11 +22,24 @@ pub const CANONICAL: [(&CStr, &str); 4] = [
 /// Whether a type's text form depends on the session's settings: date and time
 /// types, intervals and floats (looked through domains).
 pub fn setting_sensitive(type_oid: pg_sys::Oid) -> bool {
+    // asked by every captured statement: remembered per type (a type's base type
+    // and category never change)
+    thread_local! {
+        static SENSITIVE: RefCell<FxHashMap<pg_sys::Oid, bool>> = RefCell::new(FxHashMap::default());
+    }
+    if let Some(known) = SENSITIVE.with(|m| m.borrow().get(&type_oid).copied()) {
+        return known;
+    }
     // SAFETY: catalog lookups inside a transaction.
     let base = unsafe { pg_sys::getBaseType(type_oid) };
     // typcategory 'D' (date/time) and 'T' (timespan), and the two float types
     let category = unsafe { pg_sys::TypeCategory(base) } as u8;
-    category == b'D' || category == b'T' || base == pg_sys::FLOAT4OID || base == pg_sys::FLOAT8OID
+    let sensitive = category == b'D'
+        || category == b'T'
+        || base == pg_sys::FLOAT4OID
+        || base == pg_sys::FLOAT8OID;
+    SENSITIVE.with(|m| m.borrow_mut().insert(type_oid, sensitive));
+    sensitive
 }
 
 /// Runs `f` under the canonical settings if keys of this type need them.
