@@ -370,7 +370,7 @@ BEGIN
        SET state = 'synced', error_count = 0, last_error = NULL, updated_at = now()
       FROM unnest(v_results) r
      WHERE r.outcome = 'not_modified' AND rec.mapping_id = p_mapping AND rec.key = r.key
-       AND (rec.state <> 'synced' OR rec.error_count <> 0);
+       AND (rec.state <> 'synced' OR rec.error_count <> 0 OR rec.last_error IS NOT NULL);
 
     INSERT INTO etlify.records AS rec (mapping_id, key, state)
     SELECT p_mapping, r.key, 'skipped' FROM unnest(v_results) r WHERE r.outcome = 'skipped'
@@ -396,6 +396,14 @@ BEGIN
        SET error_count = rec.error_count + 1,
            state = CASE WHEN rec.error_count + 1 >= v_max THEN 'parked' ELSE 'failed' END,
            last_error = EXCLUDED.last_error, updated_at = now();
+
+    -- not the record's fault (the CRM paused, misconfigured, rate-limited): the
+    -- record stays pending, its error counts nothing, and last_error says why
+    INSERT INTO etlify.records AS rec (mapping_id, key, state, last_error)
+    SELECT p_mapping, r.key, 'pending', r.error
+      FROM unnest(v_results) r WHERE r.outcome = 'retry' AND r.error IS NOT NULL
+    ON CONFLICT (mapping_id, key) DO UPDATE
+       SET last_error = EXCLUDED.last_error, updated_at = now();
 
     -- queue: done records leave it unless they changed since the claim
     DELETE FROM etlify.queue q USING unnest(v_results) r
@@ -432,7 +440,8 @@ LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
     INSERT INTO etlify.sync_log_entries (crm, source, operation, records, http_status, duration_ms, error)
-    SELECT p_crm, p_source, e.operation, e.records, e.http_status, e.duration_ms, e.error
+    -- whole microseconds: a duration is not read to the femtosecond
+    SELECT p_crm, p_source, e.operation, e.records, e.http_status, round(e.duration_ms::numeric, 3), e.error
       FROM jsonb_to_recordset(p_entries)
         AS e(operation text, records int, http_status int, duration_ms double precision, error text);
     -- rows another transaction is trimming (an open one that called drain()) are
@@ -700,9 +709,10 @@ SELECT p.mapping_id, p.key, min(p.enqueued_at) AS enqueued_at, max(p.not_before)
          WHERE k.key IS NOT NULL) p
  GROUP BY p.mapping_id, p.key;
 
-CREATE VIEW etlify.sync_status AS
-SELECT m.crm,
-       m.source,
+-- Every record's state, as the drain acts on it (internal: with the mapping id and
+-- when a pending record became dirty).
+CREATE VIEW etlify._status AS
+SELECT coalesce(r.mapping_id, q.mapping_id) AS mapping_id,
        coalesce(r.key, q.key) AS key,
        CASE WHEN r.state = 'parked' THEN 'parked'
             WHEN q.key IS NOT NULL AND r.state = 'failed' THEN 'failed'
@@ -712,12 +722,20 @@ SELECT m.crm,
        r.last_synced_at,
        coalesce(r.error_count, 0) AS error_count,
        r.last_error,
-       CASE WHEN q.not_before > '-infinity' AND q.not_before < 'infinity' THEN q.not_before END AS next_attempt_at
+       CASE WHEN q.not_before > '-infinity' AND q.not_before < 'infinity' THEN q.not_before END AS next_attempt_at,
+       q.enqueued_at
   FROM etlify.records r
-  FULL JOIN etlify._pending q ON q.mapping_id = r.mapping_id AND q.key = r.key
-  JOIN etlify.mappings m ON m.id = coalesce(r.mapping_id, q.mapping_id)
+  FULL JOIN etlify._pending q ON q.mapping_id = r.mapping_id AND q.key = r.key;
+
+CREATE VIEW etlify.sync_status AS
+SELECT m.crm, m.source, s.key, s.state, s.crm_id, s.last_synced_at, s.error_count, s.last_error,
+       s.next_attempt_at
+  FROM etlify._status s
+  JOIN etlify.mappings m ON m.id = s.mapping_id
  WHERE has_table_privilege(m.source, 'SELECT');
 
+-- oldest_pending_at: when the oldest record that is pending (not failed, not
+-- parked) became dirty; NULL when none is.
 CREATE VIEW etlify.overview AS
 SELECT m.crm,
        m.source,
@@ -727,10 +745,11 @@ SELECT m.crm,
        count(*) FILTER (WHERE s.state = 'failed')   AS failed,
        count(*) FILTER (WHERE s.state = 'parked')   AS parked,
        count(*) FILTER (WHERE s.state = 'skipped')  AS skipped,
-       (SELECT min(q.enqueued_at) FROM etlify._pending q WHERE q.mapping_id = m.id) AS oldest_pending_at,
-       (SELECT max(r.last_synced_at) FROM etlify.records r WHERE r.mapping_id = m.id) AS last_synced_at
+       min(s.enqueued_at) FILTER (WHERE s.state = 'pending') AS oldest_pending_at,
+       max(s.last_synced_at) AS last_synced_at,
+       count(*) FILTER (WHERE s.state = 'deleted')  AS deleted
   FROM etlify.mappings m
-  LEFT JOIN etlify.sync_status s ON s.crm = m.crm AND s.source = m.source
+  LEFT JOIN etlify._status s ON s.mapping_id = m.id
  WHERE has_table_privilege(m.source, 'SELECT')
  GROUP BY m.id, m.crm, m.source;
 

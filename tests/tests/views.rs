@@ -50,7 +50,9 @@ fn views_have_the_contract_columns() {
             "parked",
             "skipped",
             "oldest_pending_at",
-            "last_synced_at"
+            "last_synced_at",
+            // etlify's addition to the contract's columns
+            "deleted"
         ]
     );
     assert_eq!(
