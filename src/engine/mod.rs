@@ -145,8 +145,9 @@ impl Engine {
                     // etlify.sync() callers wait: serve them between batches
                     crate::requests::serve(self);
                 }
-                // a held CRM (this database is a copy) waits for etlify.resume()
-                if w.held || self.paused(&w.crm) {
+                // a disabled CRM is paused, and a held one (this database is a
+                // copy) waits for etlify.resume(): their records stay pending
+                if !w.enabled || w.held || self.paused(&w.crm) {
                     continue;
                 }
                 let limit = crate::gucs::claim_size().min(budget);
@@ -218,6 +219,12 @@ impl Engine {
                 w.crm.replace('\'', "''")
             ))
             .raise();
+        }
+        if !w.enabled {
+            // a disabled CRM is paused: nothing is sent, and the record stays (or
+            // becomes) pending, to go out when the CRM is enabled again
+            host.step(|| store::dirty(mapping_id, key));
+            return Verdict::Disabled;
         }
         // a stale crm_id is forgotten by the first attempt and upserted by the second
         for _ in 0..2 {

@@ -270,6 +270,19 @@ pub fn log(crm: &str, source: pg_sys::Oid, entries: Vec<Value>) {
     })
 }
 
+/// Marks one record dirty (etlify._dirty).
+pub fn dirty(mapping_id: i32, key: &str) {
+    Spi::connect_mut(|client| {
+        client
+            .update(
+                "SELECT etlify._dirty($1, ARRAY[$2], now())",
+                None,
+                &[mapping_id.into(), key.into()],
+            )
+            .unwrap_or_else(|e| spi_err("marking a record dirty", e));
+    })
+}
+
 /// Moves writers' change rows into the keyed queue; returns how many rows moved.
 pub fn absorb(limit: usize) -> i64 {
     Spi::connect_mut(|client| {

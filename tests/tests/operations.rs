@@ -277,7 +277,8 @@ fn disabled_crm_sends_nothing_inline() {
     let mut env = Env::start("etlify.enabled = off", ", enabled => false");
     map_users(&mut env.db, "");
     insert_users(&mut env.db, 1..=2);
-    assert_counts(&json(&mut env.db, "etlify.drain()"), &[("disabled", 2)]);
+    // a disabled CRM is paused: nothing is sent, every change stays pending
+    assert_counts(&json(&mut env.db, "etlify.drain()"), &[]);
     insert_users(&mut env.db, [3]);
     assert_eq!(sync(&mut env, "3"), "disabled");
     assert!(
@@ -285,11 +286,16 @@ fn disabled_crm_sends_nothing_inline() {
         "a disabled CRM is never called"
     );
     let st = statuses(&mut env.db, "hubspot", "users");
+    assert_eq!(st.len(), 3, "{st:?}");
     assert!(
         st.values()
-            .all(|s| s.state != "synced" && s.crm_id.is_none()),
-        "no sync state is written: {st:?}"
+            .all(|s| s.state == "pending" && s.crm_id.is_none()),
+        "every change is pending: {st:?}"
     );
+    // enabled again: what waited goes out
+    register_crm(&mut env.db, "hubspot", &env.mock, "");
+    assert_counts(&json(&mut env.db, "etlify.drain()"), &[("synced", 3)]);
+    assert_eq!(env.mock.objects("contacts").len(), 3);
 }
 
 #[test]
@@ -309,9 +315,9 @@ fn disabled_crm_sends_nothing_through_the_worker() {
     map_users(&mut env.db, "");
     insert_users(&mut env.db, [1]);
     wait_users_state(&mut env.db, &[1], "synced");
-    wait_for_default("the disabled mapping's changes consumed", || {
-        (pending_count(&mut env.db, "off") == 0).then_some(())
-    });
+    // the disabled CRM's changes wait, pending
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(pending_count(&mut env.db, "off"), 3);
     let contacts = env.mock.objects("contacts");
     assert_eq!(
         contacts.len(),
@@ -319,12 +325,17 @@ fn disabled_crm_sends_nothing_through_the_worker() {
         "only the enabled CRM's record: {contacts:?}"
     );
     assert_eq!(env.mock.crm_inputs(), 1);
-    let st = statuses(&mut env.db, "off", "leads");
-    assert!(
-        st.values()
-            .all(|s| s.crm_id.is_none() && s.state != "synced"),
-        "{st:?}"
-    );
+    // enabled again: they go out
+    register_crm(&mut env.db, "off", &env.mock, "");
+    wait_for_default("the paused changes sent", || {
+        let st = statuses(&mut env.db, "off", "leads");
+        (st.len() == 3
+            && st
+                .values()
+                .all(|s| s.state == "synced" && s.crm_id.is_some()))
+        .then_some(())
+    });
+    assert_eq!(env.mock.objects("contacts").len(), 4);
 }
 
 #[test]
