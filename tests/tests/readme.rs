@@ -1,0 +1,105 @@
+//! The README's "Use" section, run exactly as written (issue 10, item 1): its
+//! postgresql.conf lines start the cluster, its SQL runs in the database they
+//! name, against the mock CRM in place of HubSpot.
+
+use etlify_e2e::cluster::Cluster;
+use etlify_e2e::fixtures::error_text;
+use etlify_e2e::{wait_for_default, Mock};
+
+/// The fenced blocks of the README's "## Use" section: (language, text).
+fn use_blocks() -> Vec<(String, String)> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("read README.md");
+    let start = readme.find("\n## Use\n").expect("a Use section");
+    let section = &readme[start + 1..];
+    let end = section[3..].find("\n## ").map_or(section.len(), |e| e + 3);
+    let mut blocks = Vec::new();
+    let mut lines = section[..end].lines();
+    while let Some(line) = lines.next() {
+        if let Some(lang) = line.strip_prefix("```") {
+            let mut text = String::new();
+            for l in lines.by_ref() {
+                if l.starts_with("```") {
+                    break;
+                }
+                text.push_str(l);
+                text.push('\n');
+            }
+            blocks.push((lang.trim().to_string(), text));
+        }
+    }
+    blocks
+}
+
+#[test]
+fn the_readme_use_section_works_as_written() {
+    let blocks = use_blocks();
+    let conf = &blocks
+        .iter()
+        .find(|(lang, _)| lang.is_empty())
+        .expect("a postgresql.conf block")
+        .1;
+    let sql = &blocks
+        .iter()
+        .find(|(lang, _)| lang == "sql")
+        .expect("an SQL block")
+        .1;
+    assert!(conf.contains("etlify.database = 'app'"), "{conf}");
+    assert!(sql.contains("http://127.0.0.1:8080") && sql.contains("'pat-xxx'"));
+
+    let mock = Mock::start(&["--token", "pat-xxx"]);
+    // the harness preloads etlify; the README's lines come last and win
+    let cluster = Cluster::start(conf);
+    cluster
+        .client()
+        .batch_execute("CREATE DATABASE app")
+        .expect("create the database etlify.database names");
+    let mut app = cluster.connect_db("postgres", "app");
+    let sql = sql.replace("http://127.0.0.1:8080", mock.url());
+    for statement in split_statements(&sql) {
+        app.batch_execute(&statement)
+            .unwrap_or_else(|e| panic!("{statement}\n: {}", error_text(&e)));
+    }
+    // the worker serves app: the rows reach the CRM by themselves
+    wait_for_default("Ada King and Grace Hopper in the CRM", || {
+        let ada = mock.find("contacts", "email", "ada@example.com")?;
+        mock.find("contacts", "email", "grace@example.com")?;
+        (ada["properties"]["lastname"].as_str() == Some("King")).then_some(())
+    });
+    assert_eq!(
+        mock.objects("contacts").len(),
+        2,
+        "the row without email is skipped"
+    );
+    wait_for_default("nothing needs attention", || {
+        let n: i64 = app
+            .query_one(
+                "SELECT count(*) FROM etlify.sync_status WHERE state IN ('pending', 'failed', 'parked', 'buffered')",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        (n == 0).then_some(())
+    });
+}
+
+/// The SQL block's statements, one by one as psql would send them (a statement
+/// ends with a semicolon at the end of a line outside a dollar-quoted body).
+fn split_statements(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut in_body = false;
+    for line in sql.lines() {
+        current.push_str(line);
+        current.push('\n');
+        in_body ^= line.matches("$$").count() % 2 == 1;
+        let code = line.split("--").next().unwrap_or("").trim_end();
+        if !in_body && code.ends_with(';') {
+            out.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.trim().is_empty() {
+        out.push(current);
+    }
+    out
+}
