@@ -405,18 +405,14 @@ unsafe fn attr(slot: *mut pg_sys::TupleTableSlot, attno: i32) -> Option<pg_sys::
     (!isnull).then_some(d)
 }
 
-/// The key's text form: the type's output function, as format('%s', key) gives it.
-struct KeyText {
-    out_fn: pg_sys::Oid,
-}
+/// The key's text form, read from a slot (spelled by keys.rs, under the canonical
+/// settings where the type needs them: see capture()).
+struct KeyText(crate::keys::Output);
 
 impl KeyText {
     unsafe fn new(tupdesc: pg_sys::TupleDesc, key: &Column) -> Self {
         let att = attribute(tupdesc, (key.attno - 1) as usize);
-        let mut out_fn = pg_sys::InvalidOid;
-        let mut varlena = false;
-        pg_sys::getTypeOutputInfo(att.atttypid, &mut out_fn, &mut varlena);
-        KeyText { out_fn }
+        KeyText(crate::keys::Output::of_type(att.atttypid))
     }
 
     unsafe fn of(&self, slot: *mut pg_sys::TupleTableSlot, key: &Column) -> Option<String> {
@@ -424,10 +420,7 @@ impl KeyText {
     }
 
     unsafe fn spell(&self, d: pg_sys::Datum) -> String {
-        let c = pg_sys::OidOutputFunctionCall(self.out_fn, d);
-        let s = CStr::from_ptr(c).to_string_lossy().into_owned();
-        pg_sys::pfree(c.cast());
-        s
+        self.0.spell(d)
     }
 }
 

@@ -51,6 +51,30 @@ pub fn spelled<R>(type_oid: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// A type's output function, writing values as Rust strings: how a key is
+/// spelled, by the capture trigger and by etlify._canonical_key alike.
+pub struct Output(pg_sys::Oid);
+
+impl Output {
+    /// # Safety
+    /// Inside a transaction (a catalog lookup).
+    pub unsafe fn of_type(type_oid: pg_sys::Oid) -> Output {
+        let mut out_fn = pg_sys::InvalidOid;
+        let mut varlena = false;
+        pg_sys::getTypeOutputInfo(type_oid, &mut out_fn, &mut varlena);
+        Output(out_fn)
+    }
+
+    /// # Safety
+    /// `d` is a valid datum of the type.
+    pub unsafe fn spell(&self, d: pg_sys::Datum) -> String {
+        let c = pg_sys::OidOutputFunctionCall(self.0, d);
+        let s = CStr::from_ptr(c).to_string_lossy().into_owned();
+        pg_sys::pfree(c.cast());
+        s
+    }
+}
+
 /// A `key` argument of the SQL API, parsed by the key's type under the caller's
 /// settings (`'02/01/2024'` means what the caller means) and spelled canonically:
 /// `'01'`, `' 1'` and `'+1'` are all key `1`. An invalid key raises 22P02.
@@ -58,8 +82,6 @@ pub fn spelled<R>(type_oid: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
 fn _canonical_key(key_type: pg_sys::Oid, key: &str) -> String {
     let mut input = pg_sys::InvalidOid;
     let mut ioparam = pg_sys::InvalidOid;
-    let mut output = pg_sys::InvalidOid;
-    let mut varlena = false;
     let Ok(text) = CString::new(key) else {
         ereport!(
             ERROR,
@@ -71,14 +93,9 @@ fn _canonical_key(key_type: pg_sys::Oid, key: &str) -> String {
     // function raises a Postgres ERROR for invalid text.
     unsafe {
         pg_sys::getTypeInputInfo(key_type, &mut input, &mut ioparam);
-        pg_sys::getTypeOutputInfo(key_type, &mut output, &mut varlena);
         let datum = pg_sys::OidInputFunctionCall(input, text.as_ptr().cast_mut(), ioparam, -1);
-        spelled(key_type, || {
-            let out = pg_sys::OidOutputFunctionCall(output, datum);
-            let s = CStr::from_ptr(out).to_string_lossy().into_owned();
-            pg_sys::pfree(out.cast());
-            s
-        })
+        let output = Output::of_type(key_type);
+        spelled(key_type, || output.spell(datum))
     }
 }
 
