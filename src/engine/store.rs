@@ -151,9 +151,7 @@ fn fetch(mapping_id: i32, claimed: &mut [Claimed]) {
             .3
             .unwrap_or_else(|| "the mapping cannot be loaded".into());
         for c in claimed.iter_mut() {
-            c.present = true;
-            c.included = true;
-            c.error = Some(problem.clone());
+            blame(c, problem.clone());
         }
         return;
     };
@@ -208,13 +206,17 @@ fn fetch(mapping_id: i32, claimed: &mut [Claimed]) {
                 f.key,
                 c.key
             ),
-            Err(e) => {
-                c.present = true;
-                c.included = true;
-                c.error = Some(e);
-            }
+            Err(e) => blame(c, e),
         }
     }
+}
+
+/// A record whose row could not be loaded or serialized: it fails with `error`
+/// (the plan sees a present, included row with an error, and blames it).
+fn blame(c: &mut Claimed, error: String) {
+    c.present = true;
+    c.included = true;
+    c.error = Some(error);
 }
 
 fn fetch_rows(sql: &str, keys: Vec<String>, max_payload: i64) -> Vec<Fetched> {
