@@ -128,6 +128,21 @@ pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
     }
 }
 
+/// Runs `f` under a snapshot taken now, as a new statement would. Needed for
+/// read-only SPI calls: pgrx runs a statement read-only when the (sub)transaction
+/// has no xid yet, and a read-only statement reads the active snapshot, which in
+/// the worker is the one its transaction started with. A claim commits keys that
+/// other transactions committed after that; their rows must be read as committed,
+/// not as missing (a new row would be dropped, a live one archived).
+/// An error inside pops the snapshot with the (sub)transaction it aborts.
+pub fn fresh_snapshot<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: pushed and popped around `f` at the same nesting level
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    let r = f();
+    unsafe { pg_sys::PopActiveSnapshot() };
+    r
+}
+
 // utils/timeout.h, which pgrx does not bind. Neither function raises an error.
 extern "C-unwind" {
     fn enable_timeout_after(id: i32, delay_ms: i32);

@@ -109,7 +109,9 @@ pub fn claim(
         .collect()
     });
     if !claimed.is_empty() {
-        fetch(mapping_id, &mut claimed);
+        // read the rows as of now, not as of the transaction's start: the claim
+        // saw keys that later commits enqueued (restricted::fresh_snapshot)
+        restricted::fresh_snapshot(|| fetch(mapping_id, &mut claimed));
     }
     claimed
 }

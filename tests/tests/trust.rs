@@ -1508,3 +1508,63 @@ fn a_parked_record_that_moves_leaves_nothing_pending() {
         .then_some(())
     });
 }
+
+/// A commit that lands while the worker is between its transaction's start and its
+/// claim is claimed by it: the rows it loads must be the ones that commit wrote, not
+/// the worker's older view. Here a partition attached with rows (which no trigger
+/// saw) commits while the worker's claim waits for the table: its row was read as
+/// missing and dropped as `noop`, never to be sent.
+#[test]
+fn a_commit_during_the_claim_is_loaded_as_committed() {
+    let mut env = Env::start("etlify.claim_size = 2", "");
+    exec(
+        &mut env.db,
+        r#"
+        CREATE TABLE pusers (id int PRIMARY KEY, email text NOT NULL, note text) PARTITION BY RANGE (id);
+        CREATE TABLE pusers_lo PARTITION OF pusers FOR VALUES FROM (0) TO (100);
+        CREATE FUNCTION pusers_p(r pusers) RETURNS jsonb LANGUAGE sql AS
+            $$ SELECT jsonb_build_object('email', r.email, 'lastname', r.note) $$;
+        INSERT INTO pusers VALUES (1, 'p1@x.test', NULL), (2, 'p2@x.test', NULL);
+        SELECT etlify.sync_table('hubspot', 'pusers', 'contacts', 'email', 'pusers_p');
+        "#,
+    );
+    wait_contact(&env, "p2@x.test", "backfilled", |_| true);
+    // key 1 in flight, key 2 pending behind it, and the table locked meanwhile
+    env.mock.set_faults(json!({"delay_ms": 1500}));
+    exec(&mut env.db, "UPDATE pusers SET note = 'a' WHERE id = 1");
+    wait_for_default("key 1 in flight", || {
+        (env.mock.inflight() > 0).then_some(())
+    });
+    exec(&mut env.db, "UPDATE pusers SET note = 'b' WHERE id = 2");
+    let mut locker = env.cluster.client();
+    exec(
+        &mut locker,
+        "BEGIN; LOCK TABLE pusers IN ACCESS EXCLUSIVE MODE",
+    );
+    env.mock.set_faults(json!({}));
+    wait_for_default("the worker's claim waiting for the table", || {
+        (count(
+            &mut env.db,
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'pusers'::regclass",
+        ) > 0)
+            .then_some(())
+    });
+    exec(
+        &mut locker,
+        r#"
+        CREATE TABLE pusers_x (LIKE pusers);
+        INSERT INTO pusers_x VALUES (2001, 'p2001@x.test', 'x');
+        ALTER TABLE pusers ATTACH PARTITION pusers_x FOR VALUES FROM (2000) TO (3000);
+        COMMIT;
+        "#,
+    );
+    wait_contact(&env, "p2@x.test", "updated", |o| {
+        prop(o, "lastname") == Some("b")
+    });
+    wait_contact(
+        &env,
+        "p2001@x.test",
+        "attached while the claim waited",
+        |o| prop(o, "lastname") == Some("x"),
+    );
+}
