@@ -155,6 +155,20 @@ CREATE TABLE etlify.forgotten (
     mapping_id int PRIMARY KEY
 );
 
+-- Inline sends (drain(), an inline sync()/delete()) call the CRM inside the
+-- caller's transaction; if it rolls back, the CRM keeps what was sent while the
+-- records roll back. So before each request, a transaction of its own notes the
+-- keys with the (sub)transaction that sends them (src/inline_sends.rs), and once
+-- that one has ended without committing, etlify._settle_inline_sends makes them
+-- dirty again. Not dumped: its transaction ids mean nothing in another cluster.
+CREATE TABLE etlify.inline_sends (
+    xid        xid8 NOT NULL,
+    mapping_id int NOT NULL,
+    key        text NOT NULL
+);
+-- no key: a FOR ALL TABLES publication would otherwise refuse the settling DELETE
+ALTER TABLE etlify.inline_sends REPLICA IDENTITY FULL;
+
 -- Recent requests, trimmed to etlify.sync_log_size rows by the code that appends.
 CREATE TABLE etlify.sync_log_entries (
     id          bigserial PRIMARY KEY,

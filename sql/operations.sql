@@ -475,6 +475,56 @@ BEGIN
 END
 $$;
 
+-- Notes keys about to be sent inline by transaction p_xid (see etlify.inline_sends).
+-- Run by the note worker (src/inline_sends.rs) in a transaction of its own.
+CREATE FUNCTION etlify._note_inline_sends(p_xid xid8, p_mapping int, p_keys text[]) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO etlify.inline_sends (xid, mapping_id, key)
+    SELECT p_xid, p_mapping, k FROM unnest(p_keys) AS k;
+$$;
+
+-- Settles the notes of inline sends whose transaction has ended. Committed: the
+-- records say what the CRM holds, the note goes. Rolled back (or too old to tell):
+-- the CRM may hold what the records no longer say, so each record forgets its
+-- digest and is dirty again; the next drain sends its row as it is. Transaction
+-- ids past the current snapshot's horizon are left alone (pg_xact_status would
+-- raise an error for an id it has not seen yet). A queue row another open
+-- transaction holds makes this wait for the next call, never stall the caller.
+CREATE FUNCTION etlify._settle_inline_sends() RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '100ms'
+AS $$
+DECLARE
+    v_n bigint;
+BEGIN
+    WITH ended AS (
+        DELETE FROM etlify.inline_sends s
+         WHERE s.xid < pg_snapshot_xmax(pg_current_snapshot())
+           AND pg_xact_status(s.xid) IS DISTINCT FROM 'in progress'
+        RETURNING s.mapping_id, s.key, pg_xact_status(s.xid) AS status
+    ), lost AS (
+        SELECT DISTINCT e.mapping_id, e.key FROM ended e
+         WHERE e.status IS DISTINCT FROM 'committed'
+           AND EXISTS (SELECT 1 FROM etlify.mappings m WHERE m.id = e.mapping_id)
+    ), forget AS (
+        UPDATE etlify.records r SET digest = NULL
+          FROM lost l
+         WHERE r.mapping_id = l.mapping_id AND r.key = l.key
+    )
+    INSERT INTO etlify.queue AS q (mapping_id, key, change_seq)
+    SELECT l.mapping_id, l.key, (SELECT nextval('etlify.change_seq')) FROM lost l
+     ORDER BY l.mapping_id, l.key
+    ON CONFLICT (mapping_id, key) DO UPDATE SET change_seq = EXCLUDED.change_seq;
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    RETURN v_n;
+EXCEPTION WHEN lock_not_available THEN
+    RETURN 0;
+END
+$$;
+
 -- Crash recovery: claims a worker committed before dying are its own to undo.
 CREATE FUNCTION etlify._release_claims(p_claimer text) RETURNS bigint
 LANGUAGE sql

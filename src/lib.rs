@@ -12,6 +12,7 @@ mod capture;
 mod engine;
 mod error;
 mod gucs;
+mod inline_sends;
 mod keys;
 mod latch;
 mod requests;

@@ -128,6 +128,7 @@ impl Engine {
         let mut counts = Counts::default();
         let mut budget = max_records.unwrap_or(usize::MAX);
         host.step(store::collect_forgotten);
+        host.step(store::settle_inline_sends);
         loop {
             // writers' change rows first, in bounded transactions
             while host.step(|| store::absorb(ABSORB_ROWS)) >= ABSORB_ROWS as i64 {
@@ -226,6 +227,7 @@ impl Engine {
             host.step(|| store::dirty(mapping_id, key));
             return Verdict::Disabled;
         }
+        host.step(store::settle_inline_sends);
         // a stale crm_id is forgotten by the first attempt and upserted by the second
         for _ in 0..2 {
             let rows = host
@@ -287,6 +289,7 @@ impl Engine {
         intent: Intent,
         stop: &dyn Fn() -> bool,
     ) -> (Vec<Resolved>, Vec<Value>) {
+        let host = self.host;
         let p = plan(rows, &w.id_property, w.enabled, intent);
         let mut results = p.done;
         let mut logs = Vec::new();
@@ -314,6 +317,13 @@ impl Engine {
                 return (results, logs);
             }
         };
+        if host == Host::Inline {
+            // the caller's transaction may still roll back what is recorded
+            // below; the CRM would keep it (src/inline_sends.rs)
+            let keys = p.upserts.iter().map(|u| u.item.key.clone());
+            let keys = keys.chain(p.deletes.iter().map(|d| d.item.key.clone()));
+            crate::inline_sends::note(w.mapping_id, keys.collect());
+        }
         let batch = crm.adapter.max_batch_size().max(1);
         // CRM ids that upserts of this batch landed on. Upserts go first: when a
         // primary key changed, the new key's upsert (by id_property) finds the old

@@ -311,6 +311,22 @@ pub fn collect_forgotten() {
     })
 }
 
+/// Makes the records of inline sends whose transaction rolled back dirty again
+/// (see src/inline_sends.rs). In a subtransaction: whatever goes wrong here is a
+/// warning, and the drain goes on (the notes wait for the next one).
+pub fn settle_inline_sends() {
+    let settled = restricted::in_subtransaction(|| {
+        Spi::connect_mut(|client| {
+            client
+                .update("SELECT etlify._settle_inline_sends()", None, &[])
+                .unwrap_or_else(|e| spi_err("settling inline sends", e));
+        })
+    });
+    if let Err(e) = settled {
+        pgrx::warning!("etlify: inline sends not settled this time: {e}");
+    }
+}
+
 pub fn release_claims(claimer: &str) -> i64 {
     Spi::connect_mut(|client| {
         client

@@ -255,16 +255,16 @@ impl Cluster {
         writeln!(f, "\n{lines}").expect("append postgresql.conf");
     }
 
-    /// PID of the etlify worker (`backend_type LIKE 'etlify%'`), if one runs.
+    /// PID of the etlify sync worker, if one runs.
     pub fn worker_pid(&self) -> Option<i32> {
         self.worker_pids().into_iter().next()
     }
 
-    /// PIDs of every etlify worker.
+    /// PIDs of every etlify sync worker (not the short-lived inline-send note workers).
     pub fn worker_pids(&self) -> Vec<i32> {
         let mut c = self.client();
         c.query(
-            "SELECT pid FROM pg_stat_activity WHERE backend_type LIKE 'etlify%' ORDER BY pid",
+            "SELECT pid FROM pg_stat_activity WHERE backend_type LIKE 'etlify sync worker%' ORDER BY pid",
             &[],
         )
         .expect("query pg_stat_activity")

@@ -51,3 +51,192 @@ fn views_say_what_the_worker_sees() {
     let o = overview(&mut env.db, "hubspot", "users");
     assert!(o["oldest_pending_at"].is_string(), "{o}");
 }
+
+fn last_name_in_crm(mock: &etlify_e2e::Mock, id: i64) -> Option<String> {
+    mock.find("contacts", "email", &etlify_e2e::fixtures::email(id))
+        .and_then(|o| o["properties"]["lastname"].as_str().map(str::to_string))
+}
+
+fn one(db: &mut postgres::Client, sql: &str) -> String {
+    db.query_one(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {}", etlify_e2e::fixtures::error_text(&e)))
+        .get(0)
+}
+
+/// 5. An inline send inside a transaction that rolls back: the CRM keeps what was
+///    sent, so the record must become dirty again and the row as it is must be sent
+///    (it used to answer not_modified forever). With the worker: sync() in a
+///    transaction that changed the row runs inline.
+#[test]
+fn a_rolled_back_inline_sync_is_sent_again() {
+    let mut env = Env::start("", "");
+    map_users(&mut env.db, "");
+    insert_users(&mut env.db, 1..=2);
+    wait_users_state(&mut env.db, &[1, 2], "synced");
+    assert_eq!(last_name_in_crm(&env.mock, 1).as_deref(), Some("Last1"));
+
+    let mut tx = env.db.transaction().unwrap();
+    tx.batch_execute("UPDATE users SET last_name = 'RolledBack' WHERE id = 1")
+        .unwrap();
+    let v: String = tx
+        .query_one("SELECT etlify.sync('hubspot', 'users', '1')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "synced");
+    assert_eq!(
+        last_name_in_crm(&env.mock, 1).as_deref(),
+        Some("RolledBack")
+    );
+    tx.rollback().unwrap();
+
+    // the worker puts the row as it is back, by itself
+    wait_for_default("the rolled-back value replaced in the CRM", || {
+        (last_name_in_crm(&env.mock, 1).as_deref() == Some("Last1")).then_some(())
+    });
+    wait_users_state(&mut env.db, &[1], "synced");
+
+    // a committed inline sync is not sent twice
+    let before = env.mock.crm_requests().len();
+    let mut tx = env.db.transaction().unwrap();
+    tx.batch_execute("UPDATE users SET last_name = 'Kept' WHERE id = 2")
+        .unwrap();
+    let v: String = tx
+        .query_one("SELECT etlify.sync('hubspot', 'users', '2')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "synced");
+    tx.commit().unwrap();
+    assert_eq!(
+        one(&mut env.db, "SELECT etlify.sync('hubspot', 'users', '2')"),
+        "not_modified"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(env.mock.crm_requests().len(), before + 1);
+    assert_eq!(
+        scalar(&mut env.db, "SELECT count(*) FROM etlify.inline_sends").as_deref(),
+        Some("0")
+    );
+}
+
+/// 5, without the worker: drain() in a transaction (or a savepoint) that rolls
+/// back, and an error after the send inside the same statement.
+#[test]
+fn a_rolled_back_inline_drain_is_sent_again() {
+    let mut env = Env::start_without_worker("", "");
+    map_users(&mut env.db, "");
+    insert_users(&mut env.db, 1..=3);
+    one(&mut env.db, "SELECT etlify.drain()::text");
+    assert_eq!(last_name_in_crm(&env.mock, 1).as_deref(), Some("Last1"));
+
+    // a whole transaction
+    env.db
+        .batch_execute(
+            "BEGIN; UPDATE users SET last_name = 'RB' WHERE id = 1; SELECT etlify.drain(); ROLLBACK;",
+        )
+        .unwrap();
+    assert_eq!(last_name_in_crm(&env.mock, 1).as_deref(), Some("RB"));
+    assert_eq!(
+        one(&mut env.db, "SELECT etlify.sync('hubspot', 'users', '1')"),
+        "synced"
+    );
+    assert_eq!(last_name_in_crm(&env.mock, 1).as_deref(), Some("Last1"));
+
+    // a savepoint rolled back inside a transaction that commits
+    env.db
+        .batch_execute(
+            "BEGIN; UPDATE users SET first_name = 'Kept' WHERE id = 3;
+             SAVEPOINT s; UPDATE users SET last_name = 'RB' WHERE id = 2; SELECT etlify.drain();
+             ROLLBACK TO s; COMMIT;",
+        )
+        .unwrap();
+    assert_eq!(last_name_in_crm(&env.mock, 2).as_deref(), Some("RB"));
+    let counts = one(&mut env.db, "SELECT etlify.drain()::text");
+    let counts: Value = serde_json::from_str(&counts).unwrap();
+    assert_eq!(
+        last_name_in_crm(&env.mock, 2).as_deref(),
+        Some("Last2"),
+        "{counts}"
+    );
+    let first = env
+        .mock
+        .find("contacts", "email", &etlify_e2e::fixtures::email(3))
+        .and_then(|o| o["properties"]["firstname"].as_str().map(str::to_string));
+    assert_eq!(first.as_deref(), Some("Kept"));
+
+    // the statement that sent fails afterwards
+    env.db
+        .batch_execute("UPDATE users SET last_name = 'Failed' WHERE id = 3")
+        .unwrap();
+    let e = env
+        .db
+        .batch_execute(
+            "BEGIN; UPDATE users SET last_name = 'Lost' WHERE id = 3;
+             SELECT etlify.drain(), 1 / (random() * 0)::int; COMMIT;",
+        )
+        .unwrap_err();
+    assert!(etlify_e2e::fixtures::error_text(&e).contains("division by zero"));
+    env.db.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(last_name_in_crm(&env.mock, 3).as_deref(), Some("Lost"));
+    one(&mut env.db, "SELECT etlify.drain()::text");
+    assert_eq!(last_name_in_crm(&env.mock, 3).as_deref(), Some("Failed"));
+    // the note of that committed send goes with the next drain, which sends nothing
+    let before = env.mock.crm_requests().len();
+    one(&mut env.db, "SELECT etlify.drain()::text");
+    assert_eq!(env.mock.crm_requests().len(), before);
+    assert_eq!(
+        scalar(&mut env.db, "SELECT count(*) FROM etlify.inline_sends").as_deref(),
+        Some("0")
+    );
+}
+
+/// 9. Behaviour the README documents: a row that stops matching sync_if keeps its
+///    CRM object (skipped, crm_id kept); sync() on a parked record sends it and
+///    un-parks it; sync_log is newest first.
+#[test]
+fn documented_behaviour_holds() {
+    let mut env = Env::start("", ", max_sync_errors => 1");
+    map_users(&mut env.db, ", sync_if => 'active'");
+    insert_users(&mut env.db, 1..=2);
+    let synced = wait_users_state(&mut env.db, &[1, 2], "synced");
+    env.db
+        .batch_execute("UPDATE users SET active = false WHERE id = 1")
+        .unwrap();
+    let s = wait_users_state(&mut env.db, &[1], "skipped");
+    assert_eq!(s["1"].crm_id, synced["1"].crm_id, "{s:?}");
+    assert!(env.mock.archived("contacts").is_empty());
+    assert!(last_name_in_crm(&env.mock, 1).is_some());
+    env.db
+        .batch_execute("UPDATE users SET active = true, last_name = 'Back' WHERE id = 1")
+        .unwrap();
+    let s = wait_users_state(&mut env.db, &[1], "synced");
+    assert_eq!(s["1"].crm_id, synced["1"].crm_id, "{s:?}");
+    assert_eq!(last_name_in_crm(&env.mock, 1).as_deref(), Some("Back"));
+    assert_eq!(env.mock.objects("contacts").len(), 2);
+
+    // parked (no email: the payload lacks the id property), then the row is fixed:
+    // it stays parked until sync() sends it
+    env.db
+        .batch_execute("UPDATE users SET email = NULL WHERE id = 2")
+        .unwrap();
+    wait_users_state(&mut env.db, &[2], "parked");
+    env.db
+        .batch_execute(
+            "UPDATE users SET email = 'user2@example.com', last_name = 'Fixed' WHERE id = 2",
+        )
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    assert_eq!(user_status(&mut env.db, 2).unwrap().state, "parked");
+    assert_eq!(
+        one(&mut env.db, "SELECT etlify.sync('hubspot', 'users', '2')"),
+        "synced"
+    );
+    let s = user_status(&mut env.db, 2).unwrap();
+    assert_eq!((s.state.as_str(), s.error_count), ("synced", 0), "{s:?}");
+    assert_eq!(last_name_in_crm(&env.mock, 2).as_deref(), Some("Fixed"));
+
+    let newest_first = scalar(
+        &mut env.db,
+        "SELECT bool_and(at >= next_at) FROM (SELECT at, lead(at) OVER () AS next_at FROM etlify.sync_log) l WHERE next_at IS NOT NULL",
+    );
+    assert_eq!(newest_first.as_deref(), Some("true"));
+}

@@ -1,6 +1,7 @@
 //! The README's "Use" section, run exactly as written (issue 10, item 1): its
-//! postgresql.conf lines start the cluster, its SQL runs in the database they
-//! name, against the mock CRM in place of HubSpot.
+//! postgresql.conf lines start the cluster, its SQL session runs in the database
+//! they name, against the mock CRM in place of HubSpot, and so does its worked
+//! example of serializers that read other tables (item 2).
 
 use etlify_e2e::cluster::Cluster;
 use etlify_e2e::fixtures::error_text;
@@ -71,6 +72,35 @@ fn the_readme_use_section_works_as_written() {
         2,
         "the row without email is skipped"
     );
+
+    // the worked example: deals that carry their company's name and CRM id
+    let example = &blocks
+        .iter()
+        .find(|(lang, text)| lang == "sql" && text.contains("CREATE TABLE companies"))
+        .expect("the deals and companies example")
+        .1;
+    for statement in split_statements(example) {
+        app.batch_execute(&statement)
+            .unwrap_or_else(|e| panic!("{statement}\n: {}", error_text(&e)));
+    }
+    let company = mock
+        .find("companies", "domain", "acme.example")
+        .expect("the company, synced by sync()");
+    let company_id = company["id"].as_str().expect("an id").to_string();
+    let deal = wait_for_default("the deal in the CRM", || {
+        mock.find("deals", "deal_ref", "deal-10")
+    });
+    assert_eq!(
+        deal["properties"]["company_crm_id"].as_str(),
+        Some(company_id.as_str()),
+        "{deal}"
+    );
+    assert_eq!(
+        deal["properties"]["dealname"].as_str(),
+        Some("Anvils (Acme)"),
+        "{deal}"
+    );
+
     wait_for_default("nothing needs attention", || {
         let n: i64 = app
             .query_one(
