@@ -18,8 +18,7 @@ DECLARE
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = v_caller AND r.rolsuper)
        AND NOT pg_has_role(v_caller, (SELECT c.relowner FROM pg_class c WHERE c.oid = p_source), 'USAGE') THEN
-        RAISE EXCEPTION '%: permission denied: role "%" does not own table %', p_what, v_caller::regrole, p_source
-            USING ERRCODE = 'insufficient_privilege';
+        PERFORM etlify._raise('42501', format('%s: permission denied: role "%s" does not own table %s', p_what, v_caller::regrole, p_source));
     END IF;
 END
 $$;
@@ -32,8 +31,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF NOT has_table_privilege(etlify._caller(), p_source, 'SELECT') THEN
-        RAISE EXCEPTION '%: permission denied for table %', p_what, p_source
-            USING ERRCODE = 'insufficient_privilege';
+        PERFORM etlify._raise('42501', format('%s: permission denied for table %s', p_what, p_source));
     END IF;
 END
 $$;
@@ -69,24 +67,23 @@ DECLARE
     v_old    etlify.crms;
 BEGIN
     IF v_name IS NULL OR btrim(v_name) = '' THEN
-        RAISE EXCEPTION 'etlify.register_crm: name must not be empty' USING ERRCODE = 'invalid_parameter_value';
+        PERFORM etlify._raise('22023', 'etlify.register_crm: name must not be empty');
     END IF;
     IF $6 IS NOT NULL AND $6 <= 0 THEN
-        RAISE EXCEPTION 'etlify.register_crm: rate_limit must be positive, got %', $6 USING ERRCODE = 'invalid_parameter_value';
+        PERFORM etlify._raise('22023', format('etlify.register_crm: rate_limit must be positive, got %s', $6));
     END IF;
     IF $7 IS NULL OR $7 <= interval '0' THEN
-        RAISE EXCEPTION 'etlify.register_crm: rate_period must be a positive interval, got %', $7 USING ERRCODE = 'invalid_parameter_value';
+        PERFORM etlify._raise('22023', format('etlify.register_crm: rate_period must be a positive interval, got %s', $7));
     END IF;
     IF $8 IS NULL OR $8 <= 0 THEN
-        RAISE EXCEPTION 'etlify.register_crm: max_sync_errors must be positive, got %', $8 USING ERRCODE = 'invalid_parameter_value';
+        PERFORM etlify._raise('22023', format('etlify.register_crm: max_sync_errors must be positive, got %s', $8));
     END IF;
     SELECT * INTO v_old FROM etlify.crms c WHERE c.name = v_name;
     -- The stored token goes wherever adapter and config say: a role that is not a
     -- superuser may not point it elsewhere without knowing it.
     IF FOUND AND $4 IS NULL AND (v_old.adapter IS DISTINCT FROM $2 OR v_old.config IS DISTINCT FROM v_config)
        AND NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = etlify._caller() AND r.rolsuper) THEN
-        RAISE EXCEPTION 'etlify.register_crm: give the secret of CRM "%" again to change its adapter or config', v_name
-            USING ERRCODE = 'insufficient_privilege';
+        PERFORM etlify._raise('42501', format('etlify.register_crm: give the secret of CRM "%s" again to change its adapter or config', v_name));
     END IF;
     -- adapter name, its config keys and the batch size it can take (Rust: etlify_core::validate)
     PERFORM etlify._validate_adapter($2, v_config, $9,
@@ -243,8 +240,7 @@ DECLARE
 BEGIN
     PERFORM etlify._require_owner($2, 'etlify.capture_on_subscriber');
     IF v_ser IS NULL THEN
-        RAISE EXCEPTION 'etlify.capture_on_subscriber: the capture triggers of % are gone; declare the mapping again', $2
-            USING ERRCODE = 'object_not_in_prerequisite_state';
+        PERFORM etlify._raise('55000', format('etlify.capture_on_subscriber: the capture triggers of %s are gone; declare the mapping again', $2));
     END IF;
     UPDATE etlify.mappings mm SET subscriber = coalesce($3, true) WHERE mm.id = m.id RETURNING * INTO m;
     FOR v_rel IN SELECT c.rel FROM etlify._capturing_tables(m.id) c LOOP
@@ -321,10 +317,9 @@ BEGIN
         FOREACH v_col IN ARRAY ARRAY[m.key_column::text] || coalesce(m.watch, '{}') LOOP
             IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = m.source AND a.attname = v_col
                               AND a.attnum > 0 AND NOT a.attisdropped) THEN
-                RAISE EXCEPTION 'etlify: column "%" of % is the key or a watched column of its mapping to CRM "%"',
-                    v_col, m.source, m.crm
-                    USING ERRCODE = 'dependent_objects_still_exist',
-                          HINT = 'Call etlify.unsync_table() first, and etlify.sync_table() again after the change.';
+                PERFORM etlify._raise('2BP01', format('etlify: column "%s" of %s is the key or a watched column of its mapping to CRM "%s"',
+                    v_col, m.source, m.crm),
+                    'Call etlify.unsync_table() first, and etlify.sync_table() again after the change.');
             END IF;
         END LOOP;
     END LOOP;
@@ -431,82 +426,75 @@ DECLARE
     v_mapping  etlify.mappings;
 BEGIN
     IF p_crm IS NULL OR NOT EXISTS (SELECT 1 FROM etlify.crms c WHERE c.name = p_crm) THEN
-        RAISE EXCEPTION 'etlify.sync_table: unknown CRM "%"', p_crm
-            USING ERRCODE = 'undefined_object', HINT = 'Register it first with etlify.register_crm().';
+        PERFORM etlify._raise('42704', format('etlify.sync_table: unknown CRM "%s"', p_crm),
+            'Register it first with etlify.register_crm().');
     END IF;
     IF p_source IS NULL THEN
-        RAISE EXCEPTION 'etlify.sync_table: source must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+        PERFORM etlify._raise('22004', 'etlify.sync_table: source must not be NULL');
     END IF;
     SELECT c.relkind, c.reltype INTO v_relkind, v_rowtype FROM pg_class c WHERE c.oid = p_source;
     IF v_relkind NOT IN ('r', 'p') THEN
-        RAISE EXCEPTION 'etlify.sync_table: source % is not a table', p_source USING ERRCODE = 'wrong_object_type';
+        PERFORM etlify._raise('42809', format('etlify.sync_table: source %s is not a table', p_source));
     END IF;
     PERFORM etlify._require_owner(p_source, 'etlify.sync_table');
     IF coalesce(btrim(p_object_type), '') = '' THEN
-        RAISE EXCEPTION 'etlify.sync_table: object_type must not be empty (source %)', p_source USING ERRCODE = 'invalid_parameter_value';
+        PERFORM etlify._raise('22023', format('etlify.sync_table: object_type must not be empty (source %s)', p_source));
     END IF;
     IF coalesce(btrim(p_id_property), '') = '' THEN
-        RAISE EXCEPTION 'etlify.sync_table: id_property must not be empty (source %)', p_source USING ERRCODE = 'invalid_parameter_value';
+        PERFORM etlify._raise('22023', format('etlify.sync_table: id_property must not be empty (source %s)', p_source));
     END IF;
     IF EXISTS (SELECT 1 FROM etlify.mappings m WHERE m.crm = p_crm AND m.source = p_source) THEN
-        RAISE EXCEPTION 'etlify.sync_table: % is already synced to CRM "%"', p_source, p_crm
-            USING ERRCODE = 'duplicate_object', HINT = 'Call etlify.unsync_table() first to change the declaration.';
+        PERFORM etlify._raise('42710', format('etlify.sync_table: %s is already synced to CRM "%s"', p_source, p_crm),
+            'Call etlify.unsync_table() first to change the declaration.');
     END IF;
 
     -- primary key: one column (its text form is the record's key)
     -- (int2vector casts to a 0-based array: go through text for a 1-based one)
     SELECT string_to_array(i.indkey::text, ' ')::int2[] INTO v_pk FROM pg_index i WHERE i.indrelid = p_source AND i.indisprimary;
     IF v_pk IS NULL THEN
-        RAISE EXCEPTION 'etlify.sync_table: table % has no primary key', p_source
-            USING ERRCODE = 'invalid_table_definition', HINT = 'etlify identifies records by their primary key; add one.';
+        PERFORM etlify._raise('42P16', format('etlify.sync_table: table %s has no primary key', p_source),
+            'etlify identifies records by their primary key; add one.');
     END IF;
     IF cardinality(v_pk) <> 1 THEN
-        RAISE EXCEPTION 'etlify.sync_table: table % has a composite primary key, which is not supported yet', p_source
-            USING ERRCODE = 'feature_not_supported';
+        PERFORM etlify._raise('0A000', format('etlify.sync_table: table %s has a composite primary key, which is not supported yet', p_source));
     END IF;
     SELECT a.attname, a.atttypid::regtype INTO v_key_col, v_key_type
       FROM pg_attribute a WHERE a.attrelid = p_source AND a.attnum = v_pk[1];
 
     -- serializer: function(source_row_type) RETURNS jsonb, that the caller may run
     IF p_serializer IS NULL THEN
-        RAISE EXCEPTION 'etlify.sync_table: serializer must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+        PERFORM etlify._raise('22004', 'etlify.sync_table: serializer must not be NULL');
     END IF;
     SELECT * INTO v_proc FROM pg_proc p WHERE p.oid = p_serializer;
     IF v_proc.pronargs <> 1 OR v_proc.proargtypes[0] <> v_rowtype
        OR v_proc.prorettype <> 'jsonb'::regtype OR v_proc.proretset OR v_proc.prokind <> 'f' THEN
-        RAISE EXCEPTION 'etlify.sync_table: serializer % must be a function(%) RETURNS jsonb, but it is %(%) RETURNS %',
+        PERFORM etlify._raise('42P13', format('etlify.sync_table: serializer %s must be a function(%s) RETURNS jsonb, but it is %s(%s) RETURNS %s',
             p_serializer, p_source, p_serializer, pg_get_function_identity_arguments(p_serializer),
-            CASE WHEN v_proc.proretset THEN 'SETOF ' ELSE '' END || v_proc.prorettype::regtype::text
-            USING ERRCODE = 'invalid_function_definition';
+            CASE WHEN v_proc.proretset THEN 'SETOF ' ELSE '' END || v_proc.prorettype::regtype::text));
     END IF;
     IF NOT has_function_privilege(v_caller, p_serializer, 'EXECUTE') THEN
-        RAISE EXCEPTION 'etlify.sync_table: permission denied for function %', p_serializer
-            USING ERRCODE = 'insufficient_privilege';
+        PERFORM etlify._raise('42501', format('etlify.sync_table: permission denied for function %s', p_serializer));
     END IF;
 
     -- watched columns
     IF p_watch IS NOT NULL THEN
         IF cardinality(p_watch) = 0 THEN
-            RAISE EXCEPTION 'etlify.sync_table: watch must not be empty (use NULL to watch every column of %)', p_source
-                USING ERRCODE = 'invalid_parameter_value';
+            PERFORM etlify._raise('22023', format('etlify.sync_table: watch must not be empty (use NULL to watch every column of %s)', p_source));
         END IF;
         FOREACH v_col IN ARRAY p_watch LOOP
             IF v_col IS NULL OR NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = p_source
                                              AND a.attname = v_col AND a.attnum > 0 AND NOT a.attisdropped) THEN
-                RAISE EXCEPTION 'etlify.sync_table: watched column "%" does not exist in %', v_col, p_source
-                    USING ERRCODE = 'undefined_column';
+                PERFORM etlify._raise('42703', format('etlify.sync_table: watched column "%s" does not exist in %s', v_col, p_source));
             END IF;
         END LOOP;
     END IF;
 
     IF p_sync_if IS NOT NULL AND btrim(p_sync_if) = '' THEN
-        RAISE EXCEPTION 'etlify.sync_table: sync_if must not be empty (use NULL to sync every row of %)', p_source
-            USING ERRCODE = 'invalid_parameter_value';
+        PERFORM etlify._raise('22023', format('etlify.sync_table: sync_if must not be empty (use NULL to sync every row of %s)', p_source));
     END IF;
 
     IF p_dependencies IS NOT NULL OR p_sync_dependencies IS NOT NULL THEN
-        RAISE EXCEPTION 'etlify.sync_table: dependencies and sync_dependencies are not supported yet (source %)', p_source
-            USING ERRCODE = 'feature_not_supported';
+        PERFORM etlify._raise('0A000', format('etlify.sync_table: dependencies and sync_dependencies are not supported yet (source %s)', p_source));
     END IF;
 
     INSERT INTO etlify.mappings (crm, source, object_type, id_property, serializer, watch, sync_if,
@@ -522,11 +510,9 @@ BEGIN
                                     etlify._fetch_sql(v_mapping, p_serializer::regprocedure));
     EXCEPTION WHEN OTHERS THEN
         IF p_sync_if IS NOT NULL THEN
-            RAISE EXCEPTION 'etlify.sync_table: sync_if "%" is not a valid predicate over %: %', p_sync_if, p_source, SQLERRM
-                USING ERRCODE = 'invalid_parameter_value';
+            PERFORM etlify._raise('22023', format('etlify.sync_table: sync_if "%s" is not a valid predicate over %s: %s', p_sync_if, p_source, SQLERRM));
         END IF;
-        RAISE EXCEPTION 'etlify.sync_table: cannot load rows of % through serializer %: %', p_source, p_serializer, SQLERRM
-            USING ERRCODE = 'invalid_parameter_value';
+        PERFORM etlify._raise('22023', format('etlify.sync_table: cannot load rows of %s through serializer %s: %s', p_source, p_serializer, SQLERRM));
     END;
 
     PERFORM etlify._install_capture(v_mapping, p_serializer::regprocedure);
@@ -581,7 +567,7 @@ DECLARE
 BEGIN
     SELECT * INTO v_mapping FROM etlify.mappings m WHERE m.crm = $1 AND m.source = $2;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'etlify.unsync_table: % is not synced to CRM "%"', $2, $1 USING ERRCODE = 'undefined_object';
+        PERFORM etlify._raise('42704', format('etlify.unsync_table: %s is not synced to CRM "%s"', $2, $1));
     END IF;
     PERFORM etlify._require_owner($2, 'etlify.unsync_table');
     -- forgotten first: dropping its triggers then reads as nothing to re-check
@@ -601,10 +587,10 @@ BEGIN
     SELECT * INTO v_mapping FROM etlify.mappings m WHERE m.crm = p_crm AND m.source = p_source;
     IF NOT FOUND THEN
         IF NOT EXISTS (SELECT 1 FROM etlify.crms c WHERE c.name = p_crm) THEN
-            RAISE EXCEPTION 'etlify: unknown CRM "%"', p_crm USING ERRCODE = 'undefined_object';
+            PERFORM etlify._raise('42704', format('etlify: unknown CRM "%s"', p_crm));
         END IF;
-        RAISE EXCEPTION 'etlify: % is not synced to CRM "%"', p_source, p_crm
-            USING ERRCODE = 'undefined_object', HINT = 'Declare it with etlify.sync_table().';
+        PERFORM etlify._raise('42704', format('etlify: %s is not synced to CRM "%s"', p_source, p_crm),
+            'Declare it with etlify.sync_table().');
     END IF;
     RETURN v_mapping;
 END

@@ -570,7 +570,7 @@ BEGIN
     UPDATE etlify.crms c SET home_system = h.system, home_database = h.database, updated_at = now()
       FROM etlify._home() h WHERE c.name = $1;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'etlify.resume: unknown CRM "%"', $1 USING ERRCODE = 'undefined_object';
+        PERFORM etlify._raise('42704', format('etlify.resume: unknown CRM "%s"', $1));
     END IF;
     PERFORM etlify._wake();
 END
@@ -588,13 +588,12 @@ BEGIN
     m := etlify._mapping(p_crm, p_source);
     PERFORM etlify._require_select(p_source, p_what);
     IF p_key IS NULL THEN
-        RAISE EXCEPTION '%: key must not be NULL (source %)', p_what, p_source USING ERRCODE = 'null_value_not_allowed';
+        PERFORM etlify._raise('22004', format('%s: key must not be NULL (source %s)', p_what, p_source));
     END IF;
     BEGIN
         k := etlify._canonical_key(m.key_type, p_key);
     EXCEPTION WHEN OTHERS THEN
-        RAISE EXCEPTION '%: key "%" is not a valid % (the primary key of %)', p_what, p_key, m.key_type, p_source
-            USING ERRCODE = 'invalid_text_representation';
+        PERFORM etlify._raise('22P02', format('%s: key "%s" is not a valid %s (the primary key of %s)', p_what, p_key, m.key_type, p_source));
     END;
 END
 $$;
@@ -627,7 +626,7 @@ DECLARE
     v_count bigint;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM etlify.crms c WHERE c.name = $1) THEN
-        RAISE EXCEPTION 'etlify.reset_errors: unknown CRM "%"', $1 USING ERRCODE = 'undefined_object';
+        PERFORM etlify._raise('42704', format('etlify.reset_errors: unknown CRM "%s"', $1));
     END IF;
     IF $2 IS NOT NULL THEN
         PERFORM etlify._mapping($1, $2);
@@ -636,7 +635,7 @@ BEGIN
             v_key := (etlify._record_key($1, $2, $3, 'etlify.reset_errors')).k;
         END IF;
     ELSIF $3 IS NOT NULL THEN
-        RAISE EXCEPTION 'etlify.reset_errors: a key needs its source' USING ERRCODE = 'invalid_parameter_value';
+        PERFORM etlify._raise('22023', 'etlify.reset_errors: a key needs its source');
     END IF;
     WITH t AS (
         UPDATE etlify.records r
@@ -697,10 +696,10 @@ DECLARE
     v_drain  jsonb;
 BEGIN
     IF $1 IS NOT NULL AND NOT EXISTS (SELECT 1 FROM etlify.crms c WHERE c.name = $1) THEN
-        RAISE EXCEPTION 'etlify.sync_stale: unknown CRM "%"', $1 USING ERRCODE = 'undefined_object';
+        PERFORM etlify._raise('42704', format('etlify.sync_stale: unknown CRM "%s"', $1));
     END IF;
     IF $4 IS NULL OR $4 <= 0 THEN
-        RAISE EXCEPTION 'etlify.sync_stale: batch_size must be positive, got %', $4 USING ERRCODE = 'invalid_parameter_value';
+        PERFORM etlify._raise('22023', format('etlify.sync_stale: batch_size must be positive, got %s', $4));
     END IF;
     FOR m IN SELECT * FROM etlify.mappings mm
               WHERE ($1 IS NULL OR mm.crm = $1) AND ($2 IS NULL OR mm.source = ANY ($2))

@@ -2,6 +2,7 @@
 //! SQLSTATE, raised in one place as a Postgres error (never as a Rust panic).
 
 use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
 #[derive(Debug)]
@@ -40,8 +41,13 @@ impl Error {
         self
     }
 
-    /// Raises it as a Postgres ERROR.
+    /// Raises it as a Postgres ERROR, without CONTEXT lines: the message names the
+    /// user's objects, and the lines would show etlify's internal SQL and helper
+    /// functions (whoever catches the error restores the context stack).
     pub fn raise(self) -> ! {
+        // SAFETY: a plain global of the backend; every PG_TRY/PG_CATCH (and pgrx's
+        // guard) saves and restores it around errors
+        unsafe { pgrx::pg_sys::error_context_stack = std::ptr::null_mut() };
         let mut report = ErrorReport::new(self.code, self.message, "");
         if let Some(h) = self.hint {
             report = report.set_hint(h);
@@ -49,6 +55,30 @@ impl Error {
         report.report(PgLogLevel::ERROR);
         unreachable!("an ERROR does not return")
     }
+}
+
+/// `PERFORM etlify._raise(sqlstate, message, hint)`: how etlify's SQL functions
+/// report a user's mistake (see `Error::raise`; a PL/pgSQL RAISE would add
+/// CONTEXT lines naming etlify's helpers).
+#[pg_extern(volatile, parallel_safe)]
+fn _raise(sqlstate: &str, message: &str, hint: default!(Option<&str>, "NULL")) {
+    let code = match sqlstate.as_bytes() {
+        b if b.len() == 5
+            && b.iter()
+                .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()) =>
+        {
+            // MAKE_SQLSTATE: six bits per character
+            b.iter().enumerate().fold(0i32, |acc, (i, c)| {
+                acc + ((((*c as i32) - ('0' as i32)) & 0x3F) << (6 * i))
+            })
+        }
+        _ => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR as i32,
+    };
+    let mut e = Error::new(PgSqlErrorCode::from(code), message);
+    if let Some(h) = hint {
+        e = e.with_hint(h);
+    }
+    e.raise()
 }
 
 impl std::fmt::Display for Error {

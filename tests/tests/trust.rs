@@ -45,6 +45,13 @@ fn assert_fails(db: &mut Client, sql: &str, states: &[SqlState], text: &str) {
                 e.code()
             );
             assert!(message.contains(text), "{sql}: {message}");
+            // CONTEXT lines, if any, name what the user called, never etlify's
+            // helpers or internal SQL
+            let context = e.as_db_error().and_then(|d| d.where_()).unwrap_or("");
+            assert!(
+                !context.contains("etlify._") && !context.contains("SQL statement"),
+                "{sql}: {message}\nCONTEXT: {context}"
+            );
             assert!(
                 !message.contains("panicked")
                     && !message.contains("backtrace")
@@ -1205,6 +1212,26 @@ fn user_errors_have_a_sqlstate_and_no_backtrace() {
             "SELECT etlify.sync('nope', 'users', '1')",
             SqlState::UNDEFINED_OBJECT,
             "nope",
+        ),
+        (
+            "SELECT etlify.register_crm('x', 'hubspot')",
+            SqlState::INVALID_PARAMETER_VALUE,
+            "needs a secret",
+        ),
+        (
+            "SELECT etlify.sync_table('hubspot', 'users', 'contacts', 'email', 'user_payload')",
+            SqlState::DUPLICATE_OBJECT,
+            "already synced",
+        ),
+        (
+            "SELECT etlify.sync_stale(batch_size => 0)",
+            SqlState::INVALID_PARAMETER_VALUE,
+            "batch_size",
+        ),
+        (
+            "SELECT etlify.reset_errors('hubspot', 'users', 'x')",
+            SqlState::INVALID_TEXT_REPRESENTATION,
+            "\"x\"",
         ),
     ] {
         assert_fails(&mut env.db, sql, &[state], text);

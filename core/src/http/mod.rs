@@ -153,11 +153,31 @@ impl HttpClient {
     }
 }
 
+/// Masks the secret where it stands as a token of its own: an occurrence inside a
+/// longer word is not the secret (with a secret of a few characters, masking every
+/// occurrence would blank random parts of a message).
 fn mask_secret(text: &str, secret: Option<&str>) -> String {
-    match secret {
-        Some(s) if !s.is_empty() => text.replace(s, MASK),
-        _ => text.to_owned(),
+    let Some(secret) = secret.filter(|s| !s.is_empty()) else {
+        return text.to_owned();
+    };
+    let token = |c: char| c.is_alphanumeric() || c == '-' || c == '_';
+    let mut out = String::with_capacity(text.len());
+    let mut rest = 0;
+    for (at, _) in text.match_indices(secret) {
+        if at < rest {
+            continue; // overlaps a masked occurrence
+        }
+        let end = at + secret.len();
+        let open = text[..at].chars().next_back().is_none_or(|c| !token(c));
+        let closed = text[end..].chars().next().is_none_or(|c| !token(c));
+        if open && closed {
+            out.push_str(&text[rest..at]);
+            out.push_str(MASK);
+            rest = end;
+        }
     }
+    out.push_str(&text[rest..]);
+    out
 }
 
 fn describe(e: &ureq::Error) -> String {
@@ -184,6 +204,16 @@ mod tests {
             "Bearer ******** failed; token ********"
         );
         assert_eq!(mask_secret("nothing here", Some("pat")), "nothing here");
+        // a short secret is masked where it stands alone, not inside other words
+        assert_eq!(
+            mask_secret("a bad request: a=1 (status 400)", Some("a")),
+            "******** bad request: ********=1 (status 400)"
+        );
+        assert_eq!(
+            mask_secret("token xyz, xyzzy, Bearer xyz", Some("xyz")),
+            "token ********, xyzzy, Bearer ********"
+        );
+        assert_eq!(mask_secret("\"xyz\"", Some("xyz")), "\"********\"");
         assert_eq!(mask_secret("empty secret", Some("")), "empty secret");
         assert_eq!(mask_secret("no secret", None), "no secret");
     }
