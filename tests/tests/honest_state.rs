@@ -240,3 +240,50 @@ fn documented_behaviour_holds() {
     );
     assert_eq!(newest_first.as_deref(), Some("true"));
 }
+
+/// 2. A serializer that reads another table by an unqualified name, in a schema
+///    that only the declaring session's search_path names: sync_table accepts it,
+///    and the worker and an inline sync() both resolve it with that recorded path.
+#[test]
+fn serializers_resolve_names_with_the_search_path_of_their_declaration() {
+    let mut env = Env::start("", "");
+    env.db
+        .batch_execute(
+            r#"
+            CREATE SCHEMA crm_app;
+            SET search_path = crm_app, public;
+            CREATE TABLE teams (id bigint PRIMARY KEY, name text NOT NULL);
+            CREATE TABLE members (id bigint PRIMARY KEY, email text NOT NULL, team_id bigint REFERENCES teams, note text);
+            CREATE FUNCTION member_payload(m members) RETURNS jsonb LANGUAGE sql STABLE AS $$
+                SELECT jsonb_build_object('email', m.email, 'company', t.name)
+                  FROM teams t WHERE t.id = m.team_id
+            $$;
+            INSERT INTO teams VALUES (1, 'Blue');
+            SELECT etlify.sync_table('hubspot', 'members', 'contacts', 'email', 'member_payload');
+            RESET search_path;
+            INSERT INTO crm_app.members VALUES (1, 'm1@x.test', 1);
+            "#,
+        )
+        .unwrap();
+    let company = |env: &Env| {
+        env.mock
+            .find("contacts", "email", "m1@x.test")
+            .and_then(|o| o["properties"]["company"].as_str().map(str::to_string))
+    };
+    wait_for_default("the worker's send", || {
+        (company(&env).as_deref() == Some("Blue")).then_some(())
+    });
+    // inline: a transaction that changed the row runs sync() itself
+    let mut tx = env.db.transaction().unwrap();
+    tx.batch_execute(
+        "UPDATE crm_app.teams SET name = 'Green'; UPDATE crm_app.members SET note = 'moved'",
+    )
+    .unwrap();
+    let v: String = tx
+        .query_one("SELECT etlify.sync('hubspot', 'crm_app.members', '1')", &[])
+        .unwrap()
+        .get(0);
+    tx.commit().unwrap();
+    assert_eq!(v, "synced");
+    assert_eq!(company(&env).as_deref(), Some("Green"));
+}
