@@ -68,6 +68,36 @@ CREATE TABLE etlify.mappings (
     UNIQUE (crm, source)
 );
 
+-- A mapping's dependencies (sync groups), resolved at sync_table: each says how a
+-- changed row of another table (the member) names the source records it feeds.
+-- Written by etlify._declare_members; read by etlify._member_sql, which builds the
+-- statement the member's capture triggers run (src/members.rs).
+--   has      member.member_col holds a source key (a foreign key to the source, or
+--            "column")
+--   belongs  source.source_col references member.member_col (a foreign key from
+--            the source, or "source_column")
+--   through  member.member_col is referenced by link.link_member_col, and
+--            link.link_source_col holds a source key ("through")
+--   link     the "through" table itself: link_source_col holds a source key
+--   keys     the escape hatch: keys_sql reads the changed rows from `changed`
+-- A through dependency has two rows (roles member and link) at one position.
+CREATE TABLE etlify.members (
+    mapping_id       int NOT NULL,
+    position         int NOT NULL,
+    role             text NOT NULL CHECK (role IN ('member', 'link')),
+    member           regclass NOT NULL,
+    form             text NOT NULL CHECK (form IN ('has', 'belongs', 'through', 'link', 'keys')),
+    member_col       name,
+    source_col       name,
+    link             regclass,
+    link_member_col  name,
+    link_source_col  name,
+    watch            text[],
+    where_sql        text,
+    keys_sql         text,
+    PRIMARY KEY (mapping_id, position, role)
+);
+
 -- What writers append: one row per statement that changed records of a mapping,
 -- with the changed keys. Append-only, no index, no foreign key: the cheapest write
 -- there is, so that writers barely notice the mapping. The drain absorbs these
@@ -194,6 +224,7 @@ GRANT USAGE ON SCHEMA etlify TO PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('etlify.crms', '');
 SELECT pg_catalog.pg_extension_config_dump('etlify.mappings', '');
 SELECT pg_catalog.pg_extension_config_dump('etlify.mappings_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('etlify.members', '');
 SELECT pg_catalog.pg_extension_config_dump('etlify.records', '');
 SELECT pg_catalog.pg_extension_config_dump('etlify.queue', '');
 SELECT pg_catalog.pg_extension_config_dump('etlify.changes', '');
@@ -206,7 +237,7 @@ DECLARE
     v_owner regrole := (SELECT d.datdba::regrole FROM pg_catalog.pg_database d
                          WHERE d.datname = pg_catalog.current_database());
 BEGIN
-    EXECUTE format('GRANT SELECT ON etlify.crms, etlify.mappings, etlify.records, etlify.queue, '
+    EXECUTE format('GRANT SELECT ON etlify.crms, etlify.mappings, etlify.members, etlify.records, etlify.queue, '
                    'etlify.changes, etlify.mappings_id_seq, etlify.change_seq TO %s', v_owner);
 END
 $$;

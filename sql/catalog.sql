@@ -308,6 +308,7 @@ DECLARE
     v_ser regprocedure;
     v_rel regclass;
     v_col text;
+    v_dep record;
 BEGIN
     -- A mapping names its key and watched columns (the capture reads them by name):
     -- renaming or dropping one is refused here, rather than failing every write later.
@@ -322,6 +323,29 @@ BEGIN
                     'Call etlify.unsync_table() first, and etlify.sync_table() again after the change.');
             END IF;
         END LOOP;
+    END LOOP;
+
+    -- The same for the columns that tie a dependency's rows to their records.
+    FOR v_dep IN
+        SELECT x.rel, x.col, mm.source, mm.crm
+          FROM etlify.members mb JOIN etlify.mappings mm ON mm.id = mb.mapping_id
+         CROSS JOIN LATERAL (
+               SELECT mb.member AS rel, c AS col
+                 FROM unnest(ARRAY[CASE WHEN mb.role = 'member' THEN mb.member_col END,
+                                   CASE WHEN mb.role = 'link' THEN mb.link_source_col END]::text[]
+                             || coalesce(mb.watch, '{}')) AS c
+               UNION ALL SELECT mm.source, mb.source_col
+               UNION ALL SELECT mb.link, mb.link_member_col WHERE mb.role = 'member'
+               UNION ALL SELECT mb.link, mb.link_source_col WHERE mb.role = 'member') x
+         WHERE x.col IS NOT NULL
+           AND x.rel IN (SELECT d.objid FROM pg_event_trigger_ddl_commands() d
+                          WHERE d.classid = 'pg_class'::regclass)
+    LOOP
+        IF NOT etlify._has_col(v_dep.rel, v_dep.col) THEN
+            PERFORM etlify._raise('2BP01', format('etlify: column "%s" of %s ties it to the records of %s (CRM "%s") as a dependency',
+                                                  v_dep.col, v_dep.rel, v_dep.source, v_dep.crm),
+                'Call etlify.unsync_table() first, and etlify.sync_table() again after the change.');
+        END IF;
     END LOOP;
 
     FOR m IN SELECT mm.* FROM etlify.mappings mm JOIN pg_class c ON c.oid = mm.source
@@ -347,6 +371,7 @@ BEGIN
             PERFORM etlify._wake();
         END LOOP;
     END LOOP;
+    PERFORM etlify._follow_member_partitions();
 END
 $$;
 
@@ -493,8 +518,8 @@ BEGIN
         PERFORM etlify._raise('22023', format('etlify.sync_table: sync_if must not be empty (use NULL to sync every row of %s)', p_source));
     END IF;
 
-    IF p_dependencies IS NOT NULL OR p_sync_dependencies IS NOT NULL THEN
-        PERFORM etlify._raise('0A000', format('etlify.sync_table: dependencies and sync_dependencies are not supported yet (source %s)', p_source));
+    IF p_sync_dependencies IS NOT NULL THEN
+        PERFORM etlify._raise('0A000', format('etlify.sync_table: sync_dependencies are not supported yet (source %s)', p_source));
     END IF;
 
     INSERT INTO etlify.mappings (crm, source, object_type, id_property, serializer, watch, sync_if,
@@ -516,6 +541,7 @@ BEGIN
     END;
 
     PERFORM etlify._install_capture(v_mapping, p_serializer::regprocedure);
+    PERFORM etlify._declare_members(v_mapping, p_dependencies, v_caller);
 
     IF coalesce(p_backfill, true) THEN
         EXECUTE format(
@@ -573,6 +599,7 @@ BEGIN
     -- forgotten first: dropping its triggers then reads as nothing to re-check
     PERFORM etlify._forget_mapping(v_mapping.id);
     PERFORM etlify._drop_capture(v_mapping);
+    PERFORM etlify._drop_members(v_mapping.id);
 END
 $$;
 
@@ -607,6 +634,7 @@ AS $$
 DECLARE
     v_mapping etlify.mappings;
     v_id      int;
+    v_member  record;
 BEGIN
     FOR v_mapping IN
         SELECT m.* FROM etlify.mappings m
@@ -614,6 +642,23 @@ BEGIN
          WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0
     LOOP
         PERFORM etlify._forget_mapping(v_mapping.id);
+    END LOOP;
+    -- A table that feeds other mappings' records (a dependency) stays while they
+    -- name it. Tables dropped with their mapping's source go.
+    FOR v_member IN
+        SELECT DISTINCT d.object_identity AS member, m.source::text AS source, m.crm
+          FROM etlify.members mb
+          JOIN etlify.mappings m ON m.id = mb.mapping_id
+          JOIN pg_event_trigger_dropped_objects() d ON d.objid = mb.member::oid
+         WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0
+    LOOP
+        PERFORM etlify._raise('2BP01', format('etlify: table %s feeds the records of %s (CRM "%s") as a dependency',
+                                              v_member.member, v_member.source, v_member.crm),
+            'Declare that mapping again without it first: etlify.unsync_table(), then etlify.sync_table().');
+    END LOOP;
+    FOR v_id IN SELECT DISTINCT mb.mapping_id FROM etlify.members mb
+                 WHERE NOT EXISTS (SELECT 1 FROM etlify.mappings m WHERE m.id = mb.mapping_id) LOOP
+        PERFORM etlify._drop_members(v_id);
     END LOOP;
     FOR v_id IN
         SELECT DISTINCT (regexp_match(d.object_identity, '^etlify_capture_(\d+)_ins on '))[1]::int

@@ -4,9 +4,46 @@ use crate::engine::{Engine, Host};
 use crate::error::Error;
 use etlify_core::adapter::{self, CrmSettings};
 use etlify_core::http::Unpaced;
-use etlify_core::plan::{Intent, Verdict};
+use etlify_core::plan::Intent;
+use etlify_core::plan::Resolved;
 use pgrx::prelude::*;
 use pgrx::JsonB;
+use std::time::Duration;
+
+/// A backend draining inline as the engine's host: every step in the caller's
+/// transaction, row locks instead of a claim token, errors to the caller, and the
+/// keys noted before each request (the caller's transaction may roll back what
+/// the CRM keeps: src/inline_sends.rs).
+#[derive(Clone, Copy)]
+struct InlineHost;
+
+impl Host for InlineHost {
+    fn claimer(self) -> Option<&'static str> {
+        None
+    }
+
+    fn step<R>(self, f: impl FnOnce() -> R) -> R {
+        f()
+    }
+
+    fn sleeper(self) -> fn(Duration) -> bool {
+        // cancel and statement_timeout interrupt it
+        |d| {
+            crate::latch::backend_wait(d);
+            true
+        }
+    }
+
+    fn between_batches(self, _engine: &mut Engine<Self>) {}
+
+    fn isolate(self, round: impl FnOnce() -> Vec<Resolved>) -> Vec<Resolved> {
+        round()
+    }
+
+    fn before_send(self, mapping_id: i32, keys: Vec<String>) {
+        crate::inline_sends::note(mapping_id, keys);
+    }
+}
 
 /// register_crm's check of the adapter name, its config, its batch size and
 /// whether it has the secret it needs (building the adapter checks all of it;
@@ -60,7 +97,7 @@ fn drain(crm: default!(Option<&str>, "NULL"), max_records: default!(Option<i32>,
             Error::undefined(format!("etlify.drain: unknown CRM \"{name}\"")).raise();
         }
     }
-    let counts = Engine::new(Host::Inline).drain(crm, max_records.map(|n| n as usize), &|| false);
+    let counts = Engine::new(InlineHost).drain(crm, max_records.map(|n| n as usize), &|| false);
     JsonB(counts.to_json())
 }
 
@@ -77,12 +114,7 @@ fn _sync_one(mapping_id: i32, key: &str, remove: bool) -> &'static str {
         } else {
             Intent::Reconcile
         };
-        Engine::new(Host::Inline).one(mapping_id, key, intent)
+        Engine::new(InlineHost).one(mapping_id, key, intent)
     };
-    match verdict {
-        // the CRM could not take it now: the record stays pending, retried later
-        Verdict::Retry | Verdict::Stale => "failed",
-        Verdict::NotModified => "not_modified",
-        v => v.as_str(),
-    }
+    verdict.answer()
 }

@@ -142,17 +142,18 @@ fn capture(trigger: &PgTrigger<'_>) -> Result<(), CaptureError> {
 
 /// What one statement changed, appended to etlify.changes in rows of at most
 /// FLUSH_KEYS keys.
-struct Sink {
+pub(crate) struct Sink {
     mapping_id: i32,
     keys: Vec<String>,
     /// Primary-key moves as pairs: old, new, old, new, …
     moves: Vec<String>,
-    truncated: bool,
-    wrote: bool,
+    /// Every record of the mapping may have changed: the drain re-checks them all.
+    pub(crate) truncated: bool,
+    pub(crate) wrote: bool,
 }
 
 impl Sink {
-    fn new(mapping_id: i32) -> Sink {
+    pub(crate) fn new(mapping_id: i32) -> Sink {
         Sink {
             mapping_id,
             keys: Vec::new(),
@@ -162,7 +163,7 @@ impl Sink {
         }
     }
 
-    fn key(&mut self, key: String) -> Result<(), CaptureError> {
+    pub(crate) fn key(&mut self, key: String) -> Result<(), CaptureError> {
         self.keys.push(key);
         if self.keys.len() >= FLUSH_KEYS {
             // the array datums and the tuple of a flush in the middle of a statement
@@ -186,7 +187,7 @@ impl Sink {
         self.key(new)
     }
 
-    fn flush(&mut self) -> Result<(), CaptureError> {
+    pub(crate) fn flush(&mut self) -> Result<(), CaptureError> {
         if self.keys.is_empty() && !self.truncated {
             return Ok(());
         }

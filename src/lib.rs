@@ -15,6 +15,7 @@ mod gucs;
 mod inline_sends;
 mod keys;
 mod latch;
+mod members;
 mod requests;
 mod restricted;
 mod wake;
@@ -27,6 +28,11 @@ extension_sql_file!(
     "../sql/catalog.sql",
     name = "catalog",
     requires = ["bootstrap"]
+);
+extension_sql_file!(
+    "../sql/dependencies.sql",
+    name = "dependencies",
+    requires = ["catalog"]
 );
 extension_sql_file!("../sql/operations.sql", name = "operations", finalize);
 

@@ -8,6 +8,7 @@
 //! gives up (cancel) marks its slot abandoned, and the worker frees it.
 
 use crate::engine::Engine;
+use crate::worker::WorkerHost;
 use crate::{latch, wake};
 use etlify_core::plan::{Intent, Verdict};
 use pgrx::prelude::*;
@@ -77,22 +78,6 @@ unsafe impl PGRXSharedMemory for Requests {}
 
 pub static REQUESTS: PgLwLock<Requests> = unsafe { PgLwLock::new(c"etlify_requests") };
 
-const VERDICTS: [Verdict; 9] = [
-    Verdict::Synced,
-    Verdict::NotModified,
-    Verdict::Skipped,
-    Verdict::Deleted,
-    Verdict::Noop,
-    Verdict::Disabled,
-    Verdict::Failed,
-    Verdict::Retry,
-    Verdict::Stale,
-];
-
-fn code(v: Verdict) -> u8 {
-    VERDICTS.iter().position(|x| *x == v).unwrap_or(6) as u8
-}
-
 /// True when a worker serving this database can take the request; else the
 /// caller syncs inline.
 pub fn worker_available(key: &str) -> bool {
@@ -139,10 +124,7 @@ pub fn request(mapping_id: i32, key: &str, remove: bool) -> Verdict {
             let r = REQUESTS.share();
             let s = &r.slots[held.index];
             if s.ticket == held.ticket && s.state == DONE {
-                let v = VERDICTS
-                    .get(s.verdict as usize)
-                    .copied()
-                    .unwrap_or(Verdict::Failed);
+                let v = Verdict::from_code(s.verdict).unwrap_or(Verdict::Failed);
                 drop(r);
                 drop(held);
                 return v;
@@ -173,7 +155,7 @@ fn try_fill(mapping_id: i32, key: &str, remove: bool) -> Option<Held> {
 
 /// Worker side: serves every pending request of its database. Called before each
 /// batch.
-pub fn serve(engine: &mut Engine) {
+pub fn serve(engine: &mut Engine<WorkerHost>) {
     // SAFETY: the worker is connected to its database.
     let database = unsafe { pg_sys::MyDatabaseId };
     loop {
@@ -214,7 +196,7 @@ pub fn serve(engine: &mut Engine) {
                 None
             } else {
                 s.state = DONE;
-                s.verdict = code(verdict);
+                s.verdict = verdict.code();
                 Some(s.requester)
             }
         };

@@ -7,6 +7,7 @@
 
 use crate::engine::{store, Engine, Host, WORKER_CLAIMER};
 use crate::{gucs, requests, wake};
+use etlify_core::plan::Resolved;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
 use pgrx::PgTryBuilder;
@@ -40,6 +41,43 @@ pub fn transaction<R>(f: impl FnOnce() -> R) -> R {
         pg_sys::CommitTransactionCommand();
     }
     result
+}
+
+/// The worker as the engine's host: a transaction per step, its claim token,
+/// waiting sync() callers served between batches, and an error in one mapping's
+/// round confined to that round.
+#[derive(Clone, Copy)]
+pub struct WorkerHost;
+
+impl Host for WorkerHost {
+    fn claimer(self) -> Option<&'static str> {
+        Some(WORKER_CLAIMER)
+    }
+
+    fn step<R>(self, f: impl FnOnce() -> R) -> R {
+        transaction(f)
+    }
+
+    fn sleeper(self) -> fn(Duration) -> bool {
+        sleep
+    }
+
+    fn between_batches(self, engine: &mut Engine<Self>) {
+        requests::serve(engine);
+    }
+
+    fn isolate(self, round: impl FnOnce() -> Vec<Resolved>) -> Vec<Resolved> {
+        PgTryBuilder::new(AssertUnwindSafe(round))
+            .catch_others(|e| {
+                recover(e);
+                Vec::new()
+            })
+            .execute()
+    }
+
+    fn before_send(self, _mapping_id: i32, _keys: Vec<String>) {
+        // claims are committed before HTTP: nothing the worker sends can roll back
+    }
 }
 
 /// Interruptible sleep (rate limits): false when SIGTERM asks the worker to stop.
@@ -106,7 +144,7 @@ pub extern "C-unwind" fn etlify_worker_main(_arg: pg_sys::Datum) {
     log!("{BACKEND_TYPE} started for database \"{database}\"");
 
     requests::requeue_taken();
-    let mut engine = Engine::new(Host::Worker);
+    let mut engine = Engine::new(WorkerHost);
     let mut recovered = false;
     while !BackgroundWorker::sigterm_received() {
         reload_settings();

@@ -27,8 +27,10 @@ pub struct Claimed {
     pub shared: bool,
 }
 
-/// Final outcomes the drain records without asking the CRM, and the words
-/// `etlify._record` understands.
+/// What became of a record: the one list of outcomes. `as_str` gives the words
+/// `etlify._record` and the views understand, `answer` what `sync()`/`delete()`
+/// return, `counted_as` the key of `drain()`'s counts, `code` the byte that
+/// carries it through shared memory (src/requests.rs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Synced,
@@ -38,11 +40,42 @@ pub enum Verdict {
     Noop,
     Disabled,
     Failed,
+    /// The CRM could not take it now; the record stays pending.
     Retry,
+    /// The CRM no longer knows the stored id: forgotten, upserted again.
     Stale,
+    /// Waiting for a record it depends on to get a CRM id.
+    Buffered,
 }
 
 impl Verdict {
+    /// Every verdict; its position is its `code`.
+    pub const ALL: [Verdict; 10] = [
+        Verdict::Synced,
+        Verdict::NotModified,
+        Verdict::Skipped,
+        Verdict::Deleted,
+        Verdict::Noop,
+        Verdict::Disabled,
+        Verdict::Failed,
+        Verdict::Retry,
+        Verdict::Stale,
+        Verdict::Buffered,
+    ];
+
+    /// The keys of `drain()`'s counts, in the order they are shown.
+    pub const COUNTED: [Verdict; 9] = [
+        Verdict::Synced,
+        Verdict::NotModified,
+        Verdict::Skipped,
+        Verdict::Deleted,
+        Verdict::Noop,
+        Verdict::Failed,
+        Verdict::Retry,
+        Verdict::Disabled,
+        Verdict::Buffered,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Synced => "synced",
@@ -54,7 +87,34 @@ impl Verdict {
             Verdict::Failed => "failed",
             Verdict::Retry => "retry",
             Verdict::Stale => "stale",
+            Verdict::Buffered => "buffered",
         }
+    }
+
+    /// The result word of `sync()`/`delete()` (the contract's list): a record the
+    /// CRM could not take now stays pending, and the call answers `failed`.
+    pub fn answer(self) -> &'static str {
+        match self {
+            Verdict::Retry | Verdict::Stale => "failed",
+            v => v.as_str(),
+        }
+    }
+
+    /// The count of `drain()` it adds to: a stale record is re-sent at once by
+    /// the same drain, and counts as retried.
+    pub fn counted_as(self) -> Verdict {
+        match self {
+            Verdict::Stale => Verdict::Retry,
+            v => v,
+        }
+    }
+
+    pub fn code(self) -> u8 {
+        Verdict::ALL.iter().position(|v| *v == self).unwrap_or(0) as u8
+    }
+
+    pub fn from_code(code: u8) -> Option<Verdict> {
+        Verdict::ALL.get(code as usize).copied()
     }
 }
 
@@ -432,5 +492,30 @@ mod tests {
     #[test]
     fn hex_encodes() {
         assert_eq!(hex(&[0, 15, 255]), "000fff");
+    }
+
+    #[test]
+    fn verdicts_have_one_word_one_code_and_one_count() {
+        let words: std::collections::HashSet<_> = Verdict::ALL.iter().map(|v| v.as_str()).collect();
+        assert_eq!(words.len(), Verdict::ALL.len());
+        for v in Verdict::ALL {
+            assert_eq!(Verdict::from_code(v.code()), Some(v));
+            assert!(Verdict::COUNTED.contains(&v.counted_as()), "{v:?}");
+            assert!(
+                [
+                    "synced",
+                    "not_modified",
+                    "skipped",
+                    "buffered",
+                    "deleted",
+                    "noop",
+                    "disabled",
+                    "failed"
+                ]
+                .contains(&v.answer()),
+                "{v:?}"
+            );
+        }
+        assert_eq!(Verdict::from_code(Verdict::ALL.len() as u8), None);
     }
 }

@@ -1,8 +1,9 @@
 //! The drain: claim → serialize → digest → plan → send → record.
 //!
-//! Runs in two hosts. The worker gives each SQL step its own transaction, so no
-//! transaction is open while the CRM is called. Inline callers (etlify.drain,
-//! etlify.sync without the worker) run every step in the caller's transaction.
+//! Runs in two hosts (`Host`): the worker gives each SQL step its own transaction,
+//! so no transaction is open while the CRM is called (worker.rs); inline callers
+//! (etlify.drain, etlify.sync without the worker) run every step in the caller's
+//! transaction (api.rs).
 
 mod pacer;
 pub mod store;
@@ -10,10 +11,8 @@ pub mod store;
 use etlify_core::adapter::{self, CrmAdapter, CrmSettings, Outcome, Report, RequestLog};
 use etlify_core::plan::{plan, Claimed, Intent, Resolved, Verdict};
 use pacer::{LocalPacer, Sleeper};
-use pgrx::PgTryBuilder;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 use store::Work;
 
@@ -27,40 +26,22 @@ const ABSORB_ROWS: usize = 1000;
 /// Delay before retrying records the CRM could not take, when it gave no hint.
 const DEFAULT_RETRY: Duration = Duration::from_secs(1);
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Host {
-    Worker,
-    Inline,
-}
-
-impl Host {
-    fn claimer(self) -> Option<&'static str> {
-        match self {
-            Host::Worker => Some(WORKER_CLAIMER),
-            Host::Inline => None,
-        }
-    }
-
-    /// Runs one SQL step: in its own transaction in the worker, as is inline.
-    pub fn step<R>(self, f: impl FnOnce() -> R) -> R {
-        match self {
-            Host::Worker => crate::worker::transaction(f),
-            Host::Inline => f(),
-        }
-    }
-
-    fn sleeper(self) -> Sleeper {
-        match self {
-            Host::Worker => crate::worker::sleep,
-            Host::Inline => inline_sleep,
-        }
-    }
-}
-
-/// Sleeps in a backend (cancel and statement_timeout interrupt it).
-fn inline_sleep(d: Duration) -> bool {
-    crate::latch::backend_wait(d);
-    true
+/// Who runs the drain: the worker, or a backend inline (etlify.drain(), sync()
+/// without a worker). The engine knows nothing else of its hosts.
+pub trait Host: Copy + 'static {
+    /// The claim token committed before HTTP; None for callers that hold the
+    /// queue rows locked in their own transaction instead.
+    fn claimer(self) -> Option<&'static str>;
+    /// Runs one SQL step (in a transaction of its own, or in the caller's).
+    fn step<R>(self, f: impl FnOnce() -> R) -> R;
+    /// Sleeps while a rate limit asks to; false when asked to stop.
+    fn sleeper(self) -> Sleeper;
+    /// Between two batches of a drain (the worker serves waiting sync() callers).
+    fn between_batches(self, engine: &mut Engine<Self>);
+    /// Runs one mapping's round; what an error in it costs is the host's call.
+    fn isolate(self, round: impl FnOnce() -> Vec<Resolved>) -> Vec<Resolved>;
+    /// Called before the CRM is asked to write or archive `keys` of a mapping.
+    fn before_send(self, mapping_id: i32, keys: Vec<String>);
 }
 
 /// What a drain did, by outcome.
@@ -70,30 +51,16 @@ pub struct Counts(HashMap<&'static str, u64>);
 impl Counts {
     fn add(&mut self, results: &[Resolved]) {
         for r in results {
-            *self.0.entry(r.verdict.as_str()).or_default() += 1;
+            *self.0.entry(r.verdict.counted_as().as_str()).or_default() += 1;
         }
     }
 
     pub fn to_json(&self) -> Value {
-        let mut out = serde_json::Map::new();
-        for k in [
-            "synced",
-            "not_modified",
-            "skipped",
-            "deleted",
-            "noop",
-            "failed",
-            "retry",
-            "disabled",
-            "buffered",
-        ] {
-            out.insert(k.into(), json!(self.0.get(k).copied().unwrap_or(0)));
-        }
-        // stale records are re-sent at once by the same drain; count them as retried
-        if let Some(n) = self.0.get("stale") {
-            *out.get_mut("retry").unwrap() = json!(out["retry"].as_u64().unwrap_or(0) + n);
-        }
-        Value::Object(out)
+        let counts = Verdict::COUNTED.iter().map(|v| {
+            let n = self.0.get(v.as_str()).copied().unwrap_or(0);
+            (v.as_str().to_string(), json!(n))
+        });
+        Value::Object(counts.collect())
     }
 }
 
@@ -103,13 +70,13 @@ struct Crm {
     paused_until: Option<Instant>,
 }
 
-pub struct Engine {
-    host: Host,
+pub struct Engine<H: Host> {
+    host: H,
     crms: HashMap<String, Crm>,
 }
 
-impl Engine {
-    pub fn new(host: Host) -> Self {
+impl<H: Host> Engine<H> {
+    pub fn new(host: H) -> Self {
         Engine {
             host,
             crms: HashMap::new(),
@@ -142,29 +109,16 @@ impl Engine {
                 if budget == 0 || stop() {
                     break;
                 }
-                if host == Host::Worker {
-                    // etlify.sync() callers wait: serve them between batches
-                    crate::requests::serve(self);
-                }
+                host.between_batches(self);
                 // a disabled CRM is paused, and a held one (this database is a
                 // copy) waits for etlify.resume(): their records stay pending
                 if !w.enabled || w.held || self.paused(&w.crm) {
                     continue;
                 }
                 let limit = crate::gucs::claim_size().min(budget);
-                let results = match host {
-                    // an error in one mapping (a lock, a broken declaration) costs
-                    // that mapping its round, never the others theirs
-                    Host::Worker => {
-                        PgTryBuilder::new(AssertUnwindSafe(|| self.round(w, limit, stop)))
-                            .catch_others(|e| {
-                                crate::worker::recover(e);
-                                Vec::new()
-                            })
-                            .execute()
-                    }
-                    Host::Inline => self.round(w, limit, stop),
-                };
+                // an error in one mapping (a lock, a broken declaration) costs
+                // that mapping its round, never the others theirs (in the worker)
+                let results = host.isolate(|| self.round(w, limit, stop));
                 if results.is_empty() {
                     continue;
                 }
@@ -317,13 +271,9 @@ impl Engine {
                 return (results, logs);
             }
         };
-        if host == Host::Inline {
-            // the caller's transaction may still roll back what is recorded
-            // below; the CRM would keep it (src/inline_sends.rs)
-            let keys = p.upserts.iter().map(|u| u.item.key.clone());
-            let keys = keys.chain(p.deletes.iter().map(|d| d.item.key.clone()));
-            crate::inline_sends::note(w.mapping_id, keys.collect());
-        }
+        let keys = p.upserts.iter().map(|u| u.item.key.clone());
+        let keys = keys.chain(p.deletes.iter().map(|d| d.item.key.clone()));
+        host.before_send(w.mapping_id, keys.collect());
         let batch = crm.adapter.max_batch_size().max(1);
         // CRM ids that upserts of this batch landed on. Upserts go first: when a
         // primary key changed, the new key's upsert (by id_property) finds the old
