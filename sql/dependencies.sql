@@ -120,7 +120,9 @@ BEGIN
             'CROSS JOIN LATERAL (SELECT %4$s UNION ALL SELECT %5$s) v '
             -- binary comparison, as the source's capture does (any type, json too);
             -- the function, since an operator between two ROWs compares field by field
-            'WHERE pg_catalog.record_image_ne(ROW(%6$s), ROW(%7$s)) OR wa.w IS DISTINCT FROM wb.w',
+            -- (and no operator that a search_path could resolve elsewhere)
+            'WHERE pg_catalog.record_image_ne(ROW(%6$s), ROW(%7$s)) '
+            '   OR pg_catalog.record_image_ne(ROW(wa.w), ROW(wb.w))',
             p_old, p_new, v_where,
             (SELECT string_agg(format('a.%I', c), ', ') FROM unnest(v_cols) AS c),
             (SELECT string_agg(format('b.%I', c), ', ') FROM unnest(v_cols) AS c),

@@ -675,24 +675,42 @@ BEGIN
 END
 $$;
 
--- Re-checks every record of the chosen mappings: every row of the source (and
--- every record whose row is gone) is marked dirty, and the drain compares each
--- payload with its digest, so that only what differs is sent. This repairs writes
--- the triggers never saw. force: forget the digests first, so every row is sent.
--- per_model counts the records marked per table.
+-- The keys sync_stale re-checks for a mapping: every row of the source, and every
+-- record whose row is gone (read through a cursor by etlify._stale_scan).
+CREATE FUNCTION etlify._stale_keys_sql(p_mapping etlify.mappings) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT format(
+        'SELECT t.%1$I::pg_catalog.text FROM %2$s %3$s t '
+        'UNION ALL '
+        'SELECT r.key FROM etlify.records r WHERE r.mapping_id OPERATOR(pg_catalog.=) %4$s '
+        '   AND r.state OPERATOR(pg_catalog.<>) ''deleted'' '
+        '   AND NOT EXISTS (SELECT FROM %2$s %3$s t WHERE t.%1$I OPERATOR(pg_catalog.=) r.key::%5$s)',
+        p_mapping.key_column,
+        CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = p_mapping.source) = 'p' THEN '' ELSE 'ONLY' END,
+        p_mapping.source, p_mapping.id, p_mapping.key_type);
+$$;
+
+-- Re-checks every record of the chosen mappings: every row of the source, and
+-- every record whose row is gone, is compared with what the CRM is known to hold
+-- (its digest), in batches of batch_size, and only what differs is enqueued
+-- (etlify._stale_scan, src/stale.rs). This repairs writes the triggers never saw
+-- and serializer changes. force: forget the digests first, so every row is sent.
+-- total counts the records checked, per_model those that differ, per table.
 CREATE FUNCTION etlify._sync_stale(crm text, sources regclass[], async boolean, batch_size int,
                                    force boolean, caller_search_path text) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' SET IntervalStyle = 'postgres' SET extra_float_digits = 1
 AS $$
 #variable_conflict use_column
 DECLARE
     m        etlify.mappings;
-    v_n      bigint;
+    v_scan   jsonb;
     v_total  bigint := 0;
     v_per    jsonb := '{}';
     v_errors bigint := 0;
+    v_differ bigint := 0;
     v_drain  jsonb;
 BEGIN
     IF $1 IS NOT NULL AND NOT EXISTS (SELECT 1 FROM etlify.crms c WHERE c.name = $1) THEN
@@ -708,26 +726,17 @@ BEGIN
         IF coalesce($5, false) THEN
             UPDATE etlify.records r SET digest = NULL WHERE r.mapping_id = m.id AND r.digest IS NOT NULL;
         END IF;
-        EXECUTE format(
-            'WITH k AS (SELECT t.%2$I::text AS key FROM %3$s %4$s t '
-            '           UNION SELECT r.key FROM etlify.records r WHERE r.mapping_id = %1$s AND r.state <> ''deleted''), '
-            's AS (INSERT INTO etlify.queue AS q (mapping_id, key, change_seq) '
-            '      SELECT %1$s, k.key, (SELECT nextval(''etlify.change_seq'')) FROM k ORDER BY k.key '
-            '      ON CONFLICT (mapping_id, key) DO UPDATE SET change_seq = EXCLUDED.change_seq, '
-            '         not_before = CASE WHEN q.not_before = ''infinity'' THEN q.not_before ELSE ''-infinity'' END '
-            '      RETURNING 1) '
-            'SELECT count(*) FROM s',
-            m.id, m.key_column,
-            CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = m.source) = 'p' THEN '' ELSE 'ONLY' END,
-            m.source) INTO v_n;
-        v_total := v_total + v_n;
+        v_scan := etlify._stale_scan(m.id, $4, coalesce($5, false));
+        v_total := v_total + (v_scan ->> 'checked')::bigint;
+        v_differ := v_differ + (v_scan ->> 'differ')::bigint;
+        v_errors := v_errors + (v_scan ->> 'errors')::bigint;
         -- tables named as the caller's search_path shows them
-        v_per := v_per || jsonb_build_object(etlify._name_in_path(m.source, $6), v_n);
+        v_per := v_per || jsonb_build_object(etlify._name_in_path(m.source, $6), (v_scan ->> 'differ')::bigint);
     END LOOP;
-    IF v_total > 0 THEN
+    IF v_differ > 0 THEN
         PERFORM etlify._wake();
     END IF;
-    IF NOT coalesce($3, true) THEN
+    IF NOT coalesce($3, true) AND v_differ > 0 THEN
         v_drain := etlify.drain($1, NULL);
         v_errors := coalesce((v_drain ->> 'failed')::bigint, 0);
     END IF;

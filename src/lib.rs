@@ -18,6 +18,7 @@ mod latch;
 mod members;
 mod requests;
 mod restricted;
+mod stale;
 mod wake;
 mod worker;
 

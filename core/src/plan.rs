@@ -296,6 +296,46 @@ pub fn plan(rows: Vec<Claimed>, id_property: &str, crm_enabled: bool, intent: In
     out
 }
 
+/// What `sync_stale` found in a batch of records (see `stale`).
+#[derive(Debug, Default, PartialEq)]
+pub struct Stale {
+    /// Records the drain would do something for: send, archive, or record a
+    /// state their rows no longer have.
+    pub differ: Vec<String>,
+    /// Of those, the ones whose row cannot be serialized (the drain fails them).
+    pub errors: usize,
+}
+
+/// Which records of a batch differ from what their CRM is known to hold: the plan
+/// of a drain, without its requests. A record differs unless the drain would find
+/// it `not_modified`, `skipped` again, or nothing to archive.
+pub fn stale(rows: Vec<Claimed>, id_property: &str) -> Stale {
+    let states: std::collections::HashMap<String, Option<String>> = rows
+        .iter()
+        .map(|c| (c.key.clone(), c.state.clone()))
+        .collect();
+    let p = plan(rows, id_property, true, Intent::Reconcile);
+    let mut out = Stale::default();
+    for r in p.done {
+        let was = states.get(&r.key).cloned().flatten();
+        let same = match r.verdict {
+            Verdict::NotModified => true,
+            Verdict::Skipped => was.as_deref() == Some("skipped"),
+            Verdict::Noop | Verdict::Deleted => matches!(was.as_deref(), None | Some("deleted")),
+            _ => false,
+        };
+        if r.verdict == Verdict::Failed {
+            out.errors += 1;
+        }
+        if !same {
+            out.differ.push(r.key);
+        }
+    }
+    out.differ.extend(p.upserts.into_iter().map(|u| u.item.key));
+    out.differ.extend(p.deletes.into_iter().map(|d| d.item.key));
+    out
+}
+
 fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -517,5 +557,51 @@ mod tests {
             );
         }
         assert_eq!(Verdict::from_code(Verdict::ALL.len() as u8), None);
+    }
+
+    #[test]
+    fn stale_finds_what_a_drain_would_change() {
+        let payload = json!({"email": "a@x", "n": 1});
+        let synced = |key: &str, p: &Value| Claimed {
+            state: Some("synced".into()),
+            crm_id: Some(format!("id-{key}")),
+            digest: Some(digest(p).to_vec()),
+            ..row(key, p.clone())
+        };
+        let changed = json!({"email": "a@x", "n": 2});
+        let mut gone = synced("gone", &payload);
+        gone.present = false;
+        let mut skipped = synced("skipped", &payload);
+        skipped.state = Some("skipped".into());
+        skipped.included = false;
+        let mut newly_skipped = synced("newly_skipped", &payload);
+        newly_skipped.included = false;
+        let mut broken = synced("broken", &payload);
+        broken.error = Some("boom".into());
+        let mut absent = row("absent", payload.clone());
+        absent.present = false;
+        let s = stale(
+            vec![
+                synced("same", &payload),
+                Claimed {
+                    payload: Some(changed),
+                    ..synced("changed", &payload)
+                },
+                row("new", payload.clone()),
+                gone,
+                skipped,
+                newly_skipped,
+                broken,
+                absent,
+            ],
+            "email",
+        );
+        let mut differ = s.differ.clone();
+        differ.sort();
+        assert_eq!(
+            differ,
+            ["broken", "changed", "gone", "new", "newly_skipped"]
+        );
+        assert_eq!(s.errors, 1);
     }
 }

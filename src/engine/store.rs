@@ -213,6 +213,14 @@ fn fetch(mapping_id: i32, claimed: &mut [Claimed]) {
     }
 }
 
+/// Loads and serializes rows for records that are not claimed (sync_stale's
+/// re-check), the way a claim does.
+pub fn load(mapping_id: i32, records: &mut [Claimed]) {
+    if !records.is_empty() {
+        restricted::fresh_snapshot(|| fetch(mapping_id, records));
+    }
+}
+
 /// A record whose row could not be loaded or serialized: it fails with `error`
 /// (the plan sees a present, included row with an error, and blames it).
 fn blame(c: &mut Claimed, error: String) {

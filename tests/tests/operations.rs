@@ -428,6 +428,12 @@ fn sync_stale_sends_what_backfill_false_left_out() {
         "etlify.sync_stale('hubspot', ARRAY['users'::regclass], async => false)",
     );
     assert_eq!(r["total"], json!(3), "every record is re-checked: {r}");
+    assert_eq!(r["per_model"]["users"], json!(0), "none differs: {r}");
+    assert_eq!(
+        pending_count(&mut env.db, "hubspot"),
+        0,
+        "nothing is enqueued"
+    );
     assert_eq!(env.mock.crm_requests().len(), requests, "nothing was sent");
     // force: every record is sent again, whatever its digest
     let r = json(
@@ -435,6 +441,7 @@ fn sync_stale_sends_what_backfill_false_left_out() {
         "etlify.sync_stale('hubspot', async => false, force => true)",
     );
     assert_eq!(r["total"], json!(3), "{r}");
+    assert_eq!(r["per_model"]["users"], json!(3), "{r}");
     assert!(env.mock.crm_requests().len() > requests, "force sends");
     assert_eq!(env.mock.objects("contacts").len(), 3);
 }
@@ -632,4 +639,54 @@ fn crm_id_gives_serializers_the_crm_id_of_another_record() {
         env.mock.find("contacts", "email", &email(1))
     });
     assert_eq!(c["properties"]["company_crm_id"], json!(company_id));
+}
+
+/// sync_stale compares, in batches, every row's payload with what the CRM holds,
+/// and enqueues only what differs: after a serializer change, after writes the
+/// triggers never saw (a replica-role session), and for a row deleted unseen.
+#[test]
+fn sync_stale_enqueues_only_what_differs() {
+    let mut env = Env::start("", "");
+    map_users(&mut env.db, "");
+    insert_users(&mut env.db, 1..=7);
+    wait_users_state(&mut env.db, &(1..=7).collect::<Vec<_>>(), "synced");
+    let inputs = env.mock.crm_inputs();
+
+    env.db
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION user_payload(u users) RETURNS jsonb LANGUAGE sql STABLE AS $$
+                SELECT jsonb_strip_nulls(jsonb_build_object('email', u.email, 'firstname', u.first_name,
+                  'lastname', CASE WHEN u.id > 5 THEN 'Changed' ELSE u.last_name END))
+             $$;
+             SET session_replication_role = replica;
+             UPDATE users SET first_name = 'Unseen' WHERE id = 1;
+             DELETE FROM users WHERE id = 2;
+             RESET session_replication_role;",
+        )
+        .unwrap();
+    assert_eq!(
+        pending_count(&mut env.db, "hubspot"),
+        0,
+        "the triggers saw nothing"
+    );
+    let r = json(&mut env.db, "etlify.sync_stale('hubspot', batch_size => 2)");
+    assert_eq!(
+        r["total"],
+        json!(7),
+        "six rows and one record without its row: {r}"
+    );
+    assert_eq!(r["per_model"]["users"], json!(4), "ids 1, 2, 6 and 7: {r}");
+    assert_eq!(r["errors"], json!(0), "{r}");
+    wait_for_default("the differing records sent", || {
+        (env.mock.crm_inputs() == inputs + 4 && pending_count(&mut env.db, "hubspot") == 0)
+            .then_some(())
+    });
+    let first = env
+        .mock
+        .find("contacts", "email", &email(1))
+        .and_then(|o| o["properties"]["firstname"].as_str().map(str::to_string));
+    assert_eq!(first.as_deref(), Some("Unseen"));
+    assert!(env.mock.find("contacts", "email", &email(2)).is_none());
+    let r = json(&mut env.db, "etlify.sync_stale('hubspot')");
+    assert_eq!(r["per_model"]["users"], json!(0), "all in line now: {r}");
 }

@@ -97,9 +97,8 @@ fn the_readme_use_section_works_as_written() {
     );
     // the company's rename reaches the deal through its dependency
     wait_for_default("the deal renamed with its company", || {
-        mock.find("deals", "deal_ref", "deal-10").filter(|d| {
-            d["properties"]["dealname"].as_str() == Some("Anvils (Acme Inc)")
-        })
+        mock.find("deals", "deal_ref", "deal-10")
+            .filter(|d| d["properties"]["dealname"].as_str() == Some("Anvils (Acme Inc)"))
     });
 
     wait_for_default("nothing needs attention", || {
