@@ -427,6 +427,27 @@ AS $$
      WHERE p.oid = p_serializer;
 $$;
 
+-- The statement sync_stale reads a whole source with (src/stale.rs): every row's
+-- key, whether sync_if holds, and its payload (NULL past $1 bytes), in no order.
+CREATE FUNCTION etlify._scan_sql(p_mapping etlify.mappings, p_serializer regprocedure) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT format(
+        'SELECT f.key, f.included, '
+        'CASE WHEN pg_catalog.pg_column_size(f.payload) OPERATOR(pg_catalog.<=) $1::pg_catalog.int8 '
+        'THEN f.payload END AS payload, pg_catalog.pg_column_size(f.payload)::pg_catalog.int8 AS size FROM ('
+        'SELECT t.%1$I::pg_catalog.text AS key, coalesce((%2$s' || E'\n' || '), false) AS included, '
+        'CASE WHEN (%2$s' || E'\n' || ') THEN %3$I.%4$I(t) END AS payload '
+        'FROM %5$s %6$s t OFFSET 0) f',
+        p_mapping.key_column, coalesce(p_mapping.sync_if, 'true'), n.nspname, p.proname,
+        CASE WHEN c.relkind = 'p' THEN '' ELSE 'ONLY' END, p_mapping.source)
+      FROM pg_proc p
+      JOIN pg_namespace n ON n.oid = p.pronamespace
+      JOIN pg_class c ON c.oid = p_mapping.source
+     WHERE p.oid = p_serializer;
+$$;
+
 -- sync_table's SQL half, as the extension's owner: checks that need catalog access,
 -- then the mapping row and its triggers. p_search_path is the caller's.
 CREATE FUNCTION etlify._declare_mapping(

@@ -298,7 +298,8 @@ $$;
 
 -- How to load and serialize a mapping's rows now: as whom, with which search_path,
 -- and the statement (etlify._fetch_sql); or why it cannot be done.
-CREATE FUNCTION etlify._fetch_plan(p_mapping int, OUT owner oid, OUT search_path text, OUT sql text, OUT problem text)
+CREATE FUNCTION etlify._fetch_plan(p_mapping int, p_scan boolean DEFAULT false,
+                                   OUT owner oid, OUT search_path text, OUT sql text, OUT problem text)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -323,7 +324,7 @@ BEGIN
     END IF;
     owner := m.owner;
     search_path := m.search_path;
-    sql := etlify._fetch_sql(m, v_ser);
+    sql := CASE WHEN p_scan THEN etlify._scan_sql(m, v_ser) ELSE etlify._fetch_sql(m, v_ser) END;
 END
 $$;
 
@@ -677,13 +678,13 @@ $$;
 
 -- The keys sync_stale re-checks for a mapping: every row of the source, and every
 -- record whose row is gone (read through a cursor by etlify._stale_scan).
-CREATE FUNCTION etlify._stale_keys_sql(p_mapping etlify.mappings) RETURNS text
+-- p_gone_only: the second half alone.
+CREATE FUNCTION etlify._stale_keys_sql(p_mapping etlify.mappings, p_gone_only boolean DEFAULT false) RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT format(
-        'SELECT t.%1$I::pg_catalog.text FROM %2$s %3$s t '
-        'UNION ALL '
+        CASE WHEN p_gone_only THEN '' ELSE 'SELECT t.%1$I::pg_catalog.text FROM %2$s %3$s t UNION ALL ' END ||
         'SELECT r.key FROM etlify.records r WHERE r.mapping_id OPERATOR(pg_catalog.=) %4$s '
         '   AND r.state OPERATOR(pg_catalog.<>) ''deleted'' '
         '   AND NOT EXISTS (SELECT FROM %2$s %3$s t WHERE t.%1$I OPERATOR(pg_catalog.=) r.key::%5$s)',

@@ -8,12 +8,20 @@
 use crate::engine::store;
 use crate::error::Error;
 use crate::keys::CANONICAL;
-use crate::restricted::with_settings;
+use crate::restricted::{self, with_settings};
 use etlify_core::plan::{stale, Claimed};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::json;
 use std::collections::HashMap;
+
+/// The sync state of a batch of keys: one index probe per key (a LIMIT keeps the
+/// planner from turning it into a scan of every record of the mapping, which it
+/// picks when the table's statistics lag behind a backfill).
+const RECORDS_OF_KEYS: &str = "SELECT r.key, r.state, r.crm_id, r.digest \
+     FROM pg_catalog.unnest($2::pg_catalog.text[]) AS k(key) \
+     CROSS JOIN LATERAL (SELECT * FROM etlify.records r \
+                          WHERE r.mapping_id = $1 AND r.key = k.key LIMIT 1) r";
 
 /// Re-checks one mapping: `{"checked", "differ", "errors"}`. With `force`, every
 /// record is enqueued (the caller forgot the digests first).
@@ -38,6 +46,17 @@ fn _stale_scan(mapping_id: i32, batch_size: i32, force: bool) -> JsonB {
     let cursor = with_settings(&CANONICAL, || {
         Spi::connect(|c| c.open_cursor(keys_sql.as_str(), &[]).detach_into_name())
     });
+    if !force {
+        // the whole source in one pass; if any row breaks it (a serializer that
+        // raises), row by row through the keys below, which blames that row alone
+        match restricted::in_subtransaction(|| scan(mapping_id, batch, &id_property)) {
+            Ok(Ok(counts)) => {
+                Spi::connect(|c| c.find_cursor(&cursor).map(drop)).ok();
+                return JsonB(counts.to_json());
+            }
+            Ok(Err(_)) | Err(_) => {}
+        }
+    }
     let (mut checked, mut differ, mut errors) = (0usize, 0usize, 0usize);
     loop {
         let keys: Vec<String> = with_settings(&CANONICAL, || {
@@ -82,8 +101,7 @@ fn _stale_scan(mapping_id: i32, batch_size: i32, force: bool) -> JsonB {
 fn records(mapping_id: i32, keys: Vec<String>) -> Vec<Claimed> {
     let mut known: HashMap<String, Claimed> = Spi::connect(|c| {
         c.select(
-            "SELECT r.key, r.state, r.crm_id, r.digest FROM etlify.records r \
-             WHERE r.mapping_id = $1 AND r.key = ANY ($2)",
+            RECORDS_OF_KEYS,
             None,
             &[mapping_id.into(), keys.clone().into()],
         )
@@ -115,5 +133,174 @@ fn records(mapping_id: i32, keys: Vec<String>) -> Vec<Claimed> {
         })
         .collect();
     store::load(mapping_id, &mut rows);
+    rows
+}
+
+#[derive(Default)]
+struct Counts {
+    checked: usize,
+    differ: usize,
+    errors: usize,
+}
+
+impl Counts {
+    fn to_json(&self) -> serde_json::Value {
+        json!({"checked": self.checked, "differ": self.differ, "errors": self.errors})
+    }
+}
+
+/// Marks `keys` of a mapping dirty.
+fn enqueue(mapping_id: i32, keys: Vec<String>) {
+    if keys.is_empty() {
+        return;
+    }
+    Spi::run_with_args(
+        "SELECT etlify._dirty($1, $2, pg_catalog.now())",
+        &[mapping_id.into(), keys.into()],
+    )
+    .unwrap_or_else(|e| Error::internal(format!("etlify.sync_stale: {e}")).raise());
+}
+
+/// The fast way: the serializer over the whole source in one statement
+/// (etlify._scan_sql), read `batch` rows at a time as the mapping's owner; then the
+/// records whose rows are gone, which all differ. Err when the mapping cannot be
+/// read this way (the caller goes key by key instead).
+fn scan(mapping_id: i32, batch: i64, id_property: &str) -> Result<Counts, String> {
+    let plan = Spi::connect(|c| {
+        let t = c
+            .select(
+                "SELECT owner, search_path, sql, problem FROM etlify._fetch_plan($1, true)",
+                None,
+                &[mapping_id.into()],
+            )?
+            .first();
+        Ok::<_, pgrx::spi::SpiError>((
+            t.get::<pg_sys::Oid>(1)?,
+            t.get::<String>(2)?,
+            t.get::<String>(3)?,
+            t.get::<String>(4)?,
+        ))
+    })
+    .map_err(|e| e.to_string())?;
+    let (Some(owner), Some(search_path), Some(sql), None) = plan else {
+        return Err(plan
+            .3
+            .unwrap_or_else(|| "the mapping cannot be loaded".into()));
+    };
+    let path = restricted::owner_search_path(&search_path);
+    let mut settings = vec![(c"search_path", path.as_str())];
+    // keys are spelled canonically; for most key types (integers, text, uuid)
+    // that needs no setting, and the serializer runs as the drain runs it
+    let key_type = Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT m.key_type::pg_catalog.oid FROM etlify.mappings m WHERE m.id = $1",
+        &[mapping_id.into()],
+    )
+    .map_err(|e| e.to_string())?
+    .ok_or("the mapping was removed")?;
+    if crate::keys::setting_sensitive(key_type) {
+        settings.extend(CANONICAL);
+    }
+    let max = crate::gucs::max_payload_bytes();
+    let rows = restricted::as_role(owner, &settings, || {
+        Spi::connect(|c| {
+            c.open_cursor(sql.as_str(), &[max.into()])
+                .detach_into_name()
+        })
+    });
+    let mut counts = Counts::default();
+    loop {
+        let batch_rows: Vec<Claimed> = restricted::as_role(owner, &settings, || {
+            Spi::connect(|c| {
+                let mut cur = c.find_cursor(&rows)?;
+                let out = cur
+                    .fetch(batch)?
+                    .map(|r| {
+                        let key = r.get::<String>(1).ok().flatten().unwrap_or_default();
+                        let size = r.get::<i64>(4).ok().flatten();
+                        let payload = r.get::<JsonB>(3).ok().flatten().map(|j| j.0);
+                        let error = match (&payload, size) {
+                            (None, Some(size)) if size > max => Some(format!(
+                                "payload is {size} bytes, more than etlify.max_payload_size ({} kB)",
+                                max / 1024
+                            )),
+                            _ => None,
+                        };
+                        Claimed {
+                            key,
+                            present: true,
+                            included: r.get::<bool>(2).ok().flatten().unwrap_or(false),
+                            payload,
+                            error,
+                            ..Default::default()
+                        }
+                    })
+                    .collect();
+                let _ = cur.detach_into_name();
+                Ok::<_, pgrx::spi::SpiError>(out)
+            })
+        })
+        .map_err(|e| e.to_string())?;
+        if batch_rows.is_empty() {
+            break;
+        }
+        counts.checked += batch_rows.len();
+        let found = stale(with_records(mapping_id, batch_rows), id_property);
+        counts.errors += found.errors;
+        counts.differ += found.differ.len();
+        enqueue(mapping_id, found.differ);
+    }
+    Spi::connect(|c| c.find_cursor(&rows).map(drop)).ok();
+    // records whose row is gone
+    let gone_sql = Spi::get_one_with_args::<String>(
+        "SELECT etlify._stale_keys_sql(m, true) FROM etlify.mappings m WHERE m.id = $1",
+        &[mapping_id.into()],
+    )
+    .map_err(|e| e.to_string())?
+    .ok_or("the mapping was removed")?;
+    let gone: Vec<String> = with_settings(&CANONICAL, || {
+        Spi::connect(|c| {
+            c.select(gone_sql.as_str(), None, &[]).map(|t| {
+                t.filter_map(|r| r.get::<String>(1).ok().flatten())
+                    .collect()
+            })
+        })
+    })
+    .map_err(|e| e.to_string())?;
+    counts.checked += gone.len();
+    counts.differ += gone.len();
+    for chunk in gone.chunks(batch as usize) {
+        enqueue(mapping_id, chunk.to_vec());
+    }
+    Ok(counts)
+}
+
+/// Rows read by `scan`, with their records' sync state.
+fn with_records(mapping_id: i32, mut rows: Vec<Claimed>) -> Vec<Claimed> {
+    let keys: Vec<String> = rows.iter().map(|r| r.key.clone()).collect();
+    let known: HashMap<String, (Option<String>, Option<String>, Option<Vec<u8>>)> =
+        Spi::connect(|c| {
+            c.select(RECORDS_OF_KEYS, None, &[mapping_id.into(), keys.into()])
+                .map(|t| {
+                    t.filter_map(|r| {
+                        Some((
+                            r.get::<String>(1).ok().flatten()?,
+                            (
+                                r.get::<String>(2).ok().flatten(),
+                                r.get::<String>(3).ok().flatten(),
+                                r.get::<Vec<u8>>(4).ok().flatten(),
+                            ),
+                        ))
+                    })
+                    .collect()
+                })
+        })
+        .unwrap_or_else(|e| Error::internal(format!("etlify.sync_stale: {e}")).raise());
+    for r in rows.iter_mut() {
+        if let Some((state, crm_id, digest)) = known.get(&r.key) {
+            r.state = state.clone();
+            r.crm_id = crm_id.clone();
+            r.digest = digest.clone();
+        }
+    }
     rows
 }

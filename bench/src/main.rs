@@ -6,6 +6,7 @@
 mod ceiling;
 mod drain;
 mod env;
+mod groups;
 mod header;
 mod interrupt;
 mod latency;
@@ -102,6 +103,11 @@ fn run(opts: &Opts) {
     b.set_system(&NOT_DURABLE);
     let nosync = overhead::single(&mut b, rows, opts.nosync_rounds, opts.nosync_secs);
 
+    phase("sync groups: sync_stale over unchanged rows, a member's bulk UPDATE, a fan-out");
+    b.set_system(&DURABLE);
+    b.set_worker(true);
+    let groups = groups::measure(&mut b, opts.stale_rows, rows, rows, opts.bulk_rounds);
+
     let figures = report::Figures {
         opts,
         ceiling: &ceiling,
@@ -113,6 +119,7 @@ fn run(opts: &Opts) {
         bulk_enqueued,
         after_bulk: &after_bulk,
         nosync: &nosync,
+        groups: &groups,
     };
     let rows_out = figures.rows();
     let header_text = header.text();

@@ -1,7 +1,8 @@
 //! Command-line options. Hand-parsed: five flags do not justify a parser crate.
 
 pub const USAGE: &str = "usage: etlify-bench [--rows N] [--quick] [--stats]
-  --rows N   rows drained and updated in bulk (default 100000; 10000 with --quick)
+  --rows N   rows drained and updated in bulk (default 100000; 10000 with --quick);
+             sync_stale re-checks 1,000,000 unchanged rows (100,000 with --quick)
   --quick    smoke run: 10k rows, fewer and shorter A/B rounds, fewer latency samples
   --stats    also preload pg_stat_statements and print the drain's top statements
              (adds overhead: compare figures only between runs with the same flags)";
@@ -25,6 +26,8 @@ pub struct Opts {
     pub latency_samples: usize,
     /// Single-row UPDATEs per table in a session that ran a bulk UPDATE before.
     pub after_bulk_samples: usize,
+    /// Unchanged rows sync_stale re-checks.
+    pub stale_rows: i64,
 }
 
 impl Opts {
@@ -68,6 +71,7 @@ impl Opts {
                 ceiling_rounds: 1,
                 latency_samples: 50,
                 after_bulk_samples: 20,
+                stale_rows: 100_000,
             }
         } else {
             Opts {
@@ -82,6 +86,7 @@ impl Opts {
                 ceiling_rounds: 3,
                 latency_samples: 200,
                 after_bulk_samples: 50,
+                stale_rows: 1_000_000,
             }
         })
     }

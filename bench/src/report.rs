@@ -3,6 +3,7 @@
 
 use crate::ceiling::Ceiling;
 use crate::drain::{Drain, Redrain};
+use crate::groups::Groups;
 use crate::latency::Latency;
 use crate::opts::Opts;
 use crate::overhead::AB;
@@ -21,6 +22,7 @@ pub struct Figures<'a> {
     pub bulk_enqueued: i64,
     pub after_bulk: &'a AB,
     pub nosync: &'a AB,
+    pub groups: &'a Groups,
 }
 
 fn per_s(x: f64) -> String {
@@ -45,7 +47,69 @@ impl Figures<'_> {
         rows.extend(self.overhead_rows());
         rows.extend(self.latency_rows());
         rows.extend(self.memory_rows());
+        rows.extend(self.group_rows());
         rows
+    }
+
+    fn group_rows(&self) -> Vec<Row> {
+        let g = self.groups;
+        let stale = g.stale_median();
+        let serializer = median(&g.serializer_rates);
+        let member = median(&g.member_mapped) / median(&g.member_plain);
+        vec![
+            Row::new(
+                format!(
+                    "sync_stale over {} unchanged rows",
+                    thousands(g.stale_rows as f64)
+                ),
+                format!("{} rows/s", thousands(stale)),
+                format!("{} rows/s (the serializer alone)", thousands(serializer)),
+                format!("{:.2}×", stale / serializer),
+                (Target::AtLeast(200_000.0), "≥ 200,000 rows/s"),
+                stale,
+            ),
+            Row::new(
+                "↳ requests and queue rows it caused",
+                format!("{} + {}", g.stale_requests, g.stale_enqueued),
+                "—",
+                "—",
+                (Target::AtMost(0.0), "0"),
+                (g.stale_requests + g.stale_enqueued) as f64,
+            ),
+            Row::new(
+                "↳ peak backend VmRSS during sync_stale",
+                mb(g.stale_peak.vm_rss_kb),
+                format!("{} (idle backend)", mb(g.idle_backend.vm_rss_kb)),
+                format!(
+                    "{:.1}×",
+                    g.stale_peak.vm_rss_kb as f64 / g.idle_backend.vm_rss_kb.max(1) as f64
+                ),
+                (Target::Info, "—"),
+                0.0,
+            ),
+            Row::new(
+                format!(
+                    "{}-row UPDATE of a has_many member (s, mapped)",
+                    thousands(g.member_rows as f64)
+                ),
+                format!("{:.3} s", median(&g.member_mapped)),
+                format!("{:.3} s (no dependency)", median(&g.member_plain)),
+                cost_ratio(member),
+                (Target::AtMost(1.5), "≤ 1.5×"),
+                member,
+            ),
+            Row::new(
+                format!(
+                    "company rename under {} people, commit to all delivered",
+                    thousands(g.fanout as f64)
+                ),
+                format!("{:.2} s", g.fanout_secs),
+                format!("{:.2} s (as many people changed directly)", g.plain_secs),
+                format!("{:.2}×", g.fanout_secs / g.plain_secs),
+                (Target::Info, "—"),
+                0.0,
+            ),
+        ]
     }
 
     fn drain_rows(&self) -> Vec<Row> {
@@ -233,6 +297,17 @@ impl Figures<'_> {
             self.after_bulk.mapped.len(),
             percentile(&self.after_bulk.mapped, 90.0),
             percentile(&self.after_bulk.plain, 90.0)
+        );
+        let g = self.groups;
+        out += &format!(
+            "  sync_stale, rows/s per run: {}; the serializer alone: {}\n",
+            list(&g.stale_rates, "", 0),
+            list(&g.serializer_rates, "", 0)
+        );
+        out += &format!(
+            "  has_many member UPDATE, s per run: mapped {}; plain {}\n",
+            list(&g.member_mapped, "", 3),
+            list(&g.member_plain, "", 3)
         );
         out += &format!(
             "  single-row UPDATE not durable (fsync, synchronous_commit, full_page_writes off), tps per run: mapped {}; plain {}\n",
