@@ -49,12 +49,11 @@ fn _stale_scan(mapping_id: i32, batch_size: i32, force: bool) -> JsonB {
     if !force {
         // the whole source in one pass; if any row breaks it (a serializer that
         // raises), row by row through the keys below, which blames that row alone
-        match restricted::in_subtransaction(|| scan(mapping_id, batch, &id_property)) {
-            Ok(Ok(counts)) => {
-                Spi::connect(|c| c.find_cursor(&cursor).map(drop)).ok();
-                return JsonB(counts.to_json());
-            }
-            Ok(Err(_)) | Err(_) => {}
+        if let Ok(Ok(counts)) =
+            restricted::in_subtransaction(|| scan(mapping_id, batch, &id_property))
+        {
+            Spi::connect(|c| c.find_cursor(&cursor).map(drop)).ok();
+            return JsonB(counts.to_json());
         }
     }
     let (mut checked, mut differ, mut errors) = (0usize, 0usize, 0usize);
@@ -84,13 +83,7 @@ fn _stale_scan(mapping_id: i32, batch_size: i32, force: bool) -> JsonB {
             found.differ
         };
         differ += dirty.len();
-        if !dirty.is_empty() {
-            Spi::run_with_args(
-                "SELECT etlify._dirty($1, $2, pg_catalog.now())",
-                &[mapping_id.into(), dirty.into()],
-            )
-            .unwrap_or_else(|e| Error::internal(format!("etlify.sync_stale: {e}")).raise());
-        }
+        enqueue(mapping_id, dirty);
     }
     Spi::connect(|c| c.find_cursor(&cursor).map(drop)).ok();
     JsonB(json!({"checked": checked, "differ": differ, "errors": errors}))
@@ -99,39 +92,14 @@ fn _stale_scan(mapping_id: i32, batch_size: i32, force: bool) -> JsonB {
 /// The records of `keys` with their sync state, and their rows loaded and
 /// serialized as a drain would.
 fn records(mapping_id: i32, keys: Vec<String>) -> Vec<Claimed> {
-    let mut known: HashMap<String, Claimed> = Spi::connect(|c| {
-        c.select(
-            RECORDS_OF_KEYS,
-            None,
-            &[mapping_id.into(), keys.clone().into()],
-        )
-        .map(|rows| {
-            rows.filter_map(|r| {
-                let key = r.get::<String>(1).ok().flatten()?;
-                Some((
-                    key.clone(),
-                    Claimed {
-                        key,
-                        state: r.get::<String>(2).ok().flatten(),
-                        crm_id: r.get::<String>(3).ok().flatten(),
-                        digest: r.get::<Vec<u8>>(4).ok().flatten(),
-                        ..Default::default()
-                    },
-                ))
-            })
-            .collect()
-        })
-    })
-    .unwrap_or_else(|e| Error::internal(format!("etlify.sync_stale: {e}")).raise());
-    let mut rows: Vec<Claimed> = keys
+    let rows = keys
         .into_iter()
-        .map(|k| {
-            known.remove(&k).unwrap_or(Claimed {
-                key: k,
-                ..Default::default()
-            })
+        .map(|key| Claimed {
+            key,
+            ..Default::default()
         })
         .collect();
+    let mut rows = with_records(mapping_id, rows);
     store::load(mapping_id, &mut rows);
     rows
 }
@@ -274,32 +242,33 @@ fn scan(mapping_id: i32, batch: i64, id_property: &str) -> Result<Counts, String
     Ok(counts)
 }
 
-/// Rows read by `scan`, with their records' sync state.
+/// Rows with their records' sync state (state, CRM id, digest).
 fn with_records(mapping_id: i32, mut rows: Vec<Claimed>) -> Vec<Claimed> {
     let keys: Vec<String> = rows.iter().map(|r| r.key.clone()).collect();
-    let known: HashMap<String, (Option<String>, Option<String>, Option<Vec<u8>>)> =
-        Spi::connect(|c| {
-            c.select(RECORDS_OF_KEYS, None, &[mapping_id.into(), keys.into()])
-                .map(|t| {
-                    t.filter_map(|r| {
-                        Some((
-                            r.get::<String>(1).ok().flatten()?,
-                            (
-                                r.get::<String>(2).ok().flatten(),
-                                r.get::<String>(3).ok().flatten(),
-                                r.get::<Vec<u8>>(4).ok().flatten(),
-                            ),
-                        ))
-                    })
-                    .collect()
+    let mut known: HashMap<String, Claimed> = Spi::connect(|c| {
+        c.select(RECORDS_OF_KEYS, None, &[mapping_id.into(), keys.into()])
+            .map(|t| {
+                t.filter_map(|r| {
+                    let key = r.get::<String>(1).ok().flatten()?;
+                    Some((
+                        key,
+                        Claimed {
+                            state: r.get::<String>(2).ok().flatten(),
+                            crm_id: r.get::<String>(3).ok().flatten(),
+                            digest: r.get::<Vec<u8>>(4).ok().flatten(),
+                            ..Default::default()
+                        },
+                    ))
                 })
-        })
-        .unwrap_or_else(|e| Error::internal(format!("etlify.sync_stale: {e}")).raise());
+                .collect()
+            })
+    })
+    .unwrap_or_else(|e| Error::internal(format!("etlify.sync_stale: {e}")).raise());
     for r in rows.iter_mut() {
-        if let Some((state, crm_id, digest)) = known.get(&r.key) {
-            r.state = state.clone();
-            r.crm_id = crm_id.clone();
-            r.digest = digest.clone();
+        if let Some(k) = known.remove(&r.key) {
+            r.state = k.state;
+            r.crm_id = k.crm_id;
+            r.digest = k.digest;
         }
     }
     rows
