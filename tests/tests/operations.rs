@@ -689,4 +689,28 @@ fn sync_stale_enqueues_only_what_differs() {
     assert!(env.mock.find("contacts", "email", &email(2)).is_none());
     let r = json(&mut env.db, "etlify.sync_stale('hubspot')");
     assert_eq!(r["per_model"]["users"], json!(0), "all in line now: {r}");
+
+    // a serializer that raises for one row: that row alone is counted (and enqueued,
+    // so that its record shows the error)
+    env.db
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION user_payload(u users) RETURNS jsonb LANGUAGE sql STABLE AS $$
+                SELECT jsonb_strip_nulls(jsonb_build_object('email', u.email, 'firstname', u.first_name,
+                  'lastname', CASE WHEN u.id = 3 THEN (1 / (u.id - 3))::text
+                                   WHEN u.id > 5 THEN 'Changed' ELSE u.last_name END))
+             $$;",
+        )
+        .unwrap();
+    let r = json(&mut env.db, "etlify.sync_stale('hubspot', batch_size => 2)");
+    assert_eq!(r["total"], json!(6), "{r}");
+    assert_eq!(r["per_model"]["users"], json!(1), "{r}");
+    assert_eq!(r["errors"], json!(1), "{r}");
+    wait_for_default("record 3 failed with the serializer's error", || {
+        user_status(&mut env.db, 3).filter(|s| {
+            s.last_error
+                .as_deref()
+                .unwrap_or("")
+                .contains("division by zero")
+        })
+    });
 }
