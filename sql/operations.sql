@@ -478,9 +478,12 @@ $$;
 
 -- Notes keys about to be sent inline by transaction p_xid (see etlify.inline_sends).
 -- Run by the note worker (src/inline_sends.rs) in a transaction of its own.
+-- A lock the sender itself holds (it cannot release it while it waits for us)
+-- must end in an error, not in two processes waiting for each other.
 CREATE FUNCTION etlify._note_inline_sends(p_xid xid8, p_mapping int, p_keys text[]) RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '5s'
 AS $$
     INSERT INTO etlify.inline_sends (xid, mapping_id, key)
     SELECT p_xid, p_mapping, k FROM unnest(p_keys) AS k;

@@ -73,7 +73,7 @@ impl Segment {
 /// waits until the note is committed. Raises an error (and nothing is sent) if it
 /// cannot be.
 pub fn note(mapping_id: i32, keys: Vec<String>) {
-    if keys.is_empty() {
+    if keys.is_empty() || extension_is_new() {
         return;
     }
     // SAFETY: plain calls inside a transaction; the segment belongs to this
@@ -133,10 +133,26 @@ pub fn note(mapping_id: i32, keys: Vec<String>) {
     }
 }
 
+/// The extension was created by this very transaction: no other transaction can
+/// see its tables, and if this one rolls back, every record goes with it (nothing
+/// is left to mark dirty).
+fn extension_is_new() -> bool {
+    let xmin = Spi::get_one::<pg_sys::TransactionId>(
+        "SELECT xmin FROM pg_catalog.pg_extension WHERE extname = 'etlify'",
+    )
+    .ok()
+    .flatten();
+    // SAFETY: a plain lookup in this backend's transaction state
+    xmin.is_some_and(|x| unsafe { pg_sys::TransactionIdIsCurrentTransactionId(x) })
+}
+
 /// The note worker: commits the note it was handed, answers, and exits.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn etlify_note_main(arg: pg_sys::Datum) {
+    // a worker starts with signals blocked: SIGALRM (lock_timeout) and SIGTERM
+    // (shutdown: die at once, the default handler) must get through
+    unsafe { pg_sys::BackgroundWorkerUnblockSignals() };
     // SAFETY: the handle comes from `note`, which waits for this worker to exit
     // before it detaches (and so destroys) the segment
     let seg = unsafe { pg_sys::dsm_attach(arg.value() as pg_sys::dsm_handle) };

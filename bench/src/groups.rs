@@ -91,7 +91,8 @@ pub fn measure(
          SELECT etlify.sync_table('void', 'stale_users', 'contacts', 'email', 'stale_payload');"
     ));
     wait_quiet(b, "the null-adapter backfill drained");
-    b.exec("VACUUM ANALYZE stale_users; VACUUM ANALYZE etlify.records");
+    b.exec("VACUUM ANALYZE stale_users");
+    b.exec("VACUUM ANALYZE etlify.records");
     let requests = b.mock_requests();
     let (mut stale_rates, mut serializer_rates, mut stale_peak) =
         (Vec::new(), Vec::new(), Mem::default());

@@ -287,3 +287,49 @@ fn serializers_resolve_names_with_the_search_path_of_their_declaration() {
     assert_eq!(v, "synced");
     assert_eq!(company(&env).as_deref(), Some("Green"));
 }
+
+/// 5, the edges of the note: a transaction that created the extension itself
+/// drains inline (nobody else could see a note; a rollback takes every record with
+/// it), and a lock the sender holds on the notes makes drain() fail, not hang.
+#[test]
+fn inline_notes_never_wait_on_their_own_sender() {
+    let mock = etlify_e2e::Mock::start(&["--token", etlify_e2e::fixtures::TOKEN]);
+    let cluster = etlify_e2e::Cluster::start_without_preload("");
+    let mut db = cluster.client();
+    db.batch_execute(etlify_e2e::fixtures::USERS).unwrap();
+    let mut tx = db.transaction().unwrap();
+    tx.batch_execute("CREATE EXTENSION etlify").unwrap();
+    tx.execute(
+        "SELECT etlify.register_crm('hubspot', 'hubspot', config => jsonb_build_object('base_url', $1::text), secret => $2)",
+        &[&mock.url(), &etlify_e2e::fixtures::TOKEN],
+    )
+    .unwrap();
+    tx.batch_execute(
+        "SELECT etlify.sync_table('hubspot', 'users', 'contacts', 'email', 'user_payload');
+         INSERT INTO users (id, email) VALUES (1, 'new@x.test');
+         SELECT etlify.drain();",
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    assert!(mock.find("contacts", "email", "new@x.test").is_some());
+
+    db.batch_execute("UPDATE users SET last_name = 'Locked' WHERE id = 1")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let e = db
+        .batch_execute("BEGIN; LOCK TABLE etlify.inline_sends; SELECT etlify.drain();")
+        .unwrap_err();
+    db.batch_execute("ROLLBACK").unwrap();
+    assert!(
+        etlify_e2e::fixtures::error_text(&e).contains("cannot note an inline send"),
+        "{}",
+        etlify_e2e::fixtures::error_text(&e)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    assert_eq!(
+        mock.find("contacts", "email", "new@x.test")
+            .and_then(|o| o["properties"]["lastname"].as_str().map(str::to_string)),
+        None,
+        "nothing was sent"
+    );
+}
