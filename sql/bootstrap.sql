@@ -136,14 +136,11 @@ $$;
 -- row only if change_seq is still the value it claimed, so a change committed while
 -- the record was in flight keeps it dirty (never lose a change).
 CREATE SEQUENCE etlify.change_seq;
--- Keys are compared for equality and ordered only to take locks in one order:
--- byte order ("C") serves both, and costs a memcmp where the database's locale
--- would cost a strcoll (measured: a tenth of sync_stale's time went there).
 CREATE TABLE etlify.queue (
     -- no foreign keys on the hot tables: unsync_table and the sql_drop event
     -- trigger delete a mapping's rows themselves
     mapping_id  int NOT NULL,
-    key         text COLLATE "C" NOT NULL,
+    key         text NOT NULL,
     change_seq  bigint NOT NULL,
     -- when the record became dirty (kept across further changes: oldest_pending_at)
     enqueued_at timestamptz NOT NULL DEFAULT now(),
@@ -160,7 +157,7 @@ CREATE TABLE etlify.queue (
 -- Sync state per (mapping, key): what the CRM holds for it.
 CREATE TABLE etlify.records (
     mapping_id     int NOT NULL,
-    key            text COLLATE "C" NOT NULL,
+    key            text NOT NULL,
     state          text NOT NULL CHECK (state IN ('pending', 'synced', 'skipped', 'buffered', 'failed', 'parked', 'deleted')),
     crm_id         text,
     digest         bytea,

@@ -77,6 +77,7 @@ DECLARE
     d       etlify.members;
     v_cols  text[];
     v_cmp   text[];
+    v_need  text[];
     v_list  text;
     v_where text;
     v_rows  text;
@@ -93,9 +94,14 @@ BEGIN
     v_cols := ARRAY(SELECT a.attname::text FROM pg_attribute a
                      WHERE a.attrelid = d.member AND a.attnum > 0 AND NOT a.attisdropped
                      ORDER BY a.attnum);
-    v_list := (SELECT string_agg(format('%I', c), ', ') FROM unnest(v_cols) AS c);
     v_where := CASE WHEN p_role = 'member' AND d.where_sql IS NOT NULL
-                    THEN '(' || d.where_sql || E'\n)' ELSE 'true' END;
+                    THEN '(' || d.where_sql || E'\n)' END;
+    -- the columns `changed` carries: all of them for the user's SQL (where, keys),
+    -- else only the one that leads to the source records (less to copy per row)
+    v_need := CASE WHEN d.form = 'keys' OR v_where IS NOT NULL THEN v_cols
+                   WHEN d.form = 'link' THEN ARRAY[d.link_source_col::text]
+                   ELSE ARRAY[d.member_col::text] END;
+    v_list := (SELECT string_agg(format('%I', c), ', ') FROM unnest(v_need) AS c);
     -- what counts as a change of an updated row: the watched columns (default all)
     -- and the columns that tie it to its source records
     v_cmp := CASE WHEN p_role = 'member' AND d.watch IS NOT NULL
@@ -109,27 +115,38 @@ BEGIN
         v_rows := format('SELECT %s FROM %s o', v_list, p_old);
     ELSE
         -- old and new rows pair up by position: Postgres writes both transition
-        -- tables row by row, in the same order
+        -- tables row by row, in the same order. An updated row matters when its
+        -- compared columns changed (binary comparison, as the source's capture
+        -- does, for any type, json too: the function, since an operator between two
+        -- ROWs compares field by field, and no operator a search_path could
+        -- resolve elsewhere), or when it entered or left `where`.
         v_rows := format(
             'SELECT v.* FROM '
             '(SELECT pg_catalog.row_number() OVER () AS etlify_i, o.* FROM %1$s o) a '
             'JOIN (SELECT pg_catalog.row_number() OVER () AS etlify_i, n.* FROM %2$s n) b '
-            '  ON a.etlify_i OPERATOR(pg_catalog.=) b.etlify_i '
-            'CROSS JOIN LATERAL (SELECT %3$s FROM (SELECT %4$s) m) wa(w) '
-            'CROSS JOIN LATERAL (SELECT %3$s FROM (SELECT %5$s) m) wb(w) '
-            'CROSS JOIN LATERAL (SELECT %4$s UNION ALL SELECT %5$s) v '
-            -- binary comparison, as the source's capture does (any type, json too);
-            -- the function, since an operator between two ROWs compares field by field
-            -- (and no operator that a search_path could resolve elsewhere)
-            'WHERE pg_catalog.record_image_ne(ROW(%6$s), ROW(%7$s)) '
-            '   OR pg_catalog.record_image_ne(ROW(wa.w), ROW(wb.w))',
-            p_old, p_new, v_where,
-            (SELECT string_agg(format('a.%I', c), ', ') FROM unnest(v_cols) AS c),
-            (SELECT string_agg(format('b.%I', c), ', ') FROM unnest(v_cols) AS c),
+            '  ON a.etlify_i OPERATOR(pg_catalog.=) b.etlify_i ',
+            p_old, p_new);
+        IF v_where IS NOT NULL THEN
+            v_rows := v_rows || format(
+                'CROSS JOIN LATERAL (SELECT %1$s FROM (SELECT %2$s) m) wa(w) '
+                'CROSS JOIN LATERAL (SELECT %1$s FROM (SELECT %3$s) m) wb(w) ',
+                v_where,
+                (SELECT string_agg(format('a.%I', c), ', ') FROM unnest(v_cols) AS c),
+                (SELECT string_agg(format('b.%I', c), ', ') FROM unnest(v_cols) AS c));
+        END IF;
+        v_rows := v_rows || format(
+            'CROSS JOIN LATERAL (SELECT %1$s UNION ALL SELECT %2$s) v '
+            'WHERE pg_catalog.record_image_ne(ROW(%3$s), ROW(%4$s))',
+            (SELECT string_agg(format('a.%I', c), ', ') FROM unnest(v_need) AS c),
+            (SELECT string_agg(format('b.%I', c), ', ') FROM unnest(v_need) AS c),
             (SELECT string_agg(format('a.%I', c), ', ') FROM unnest(v_cmp) AS c),
-            (SELECT string_agg(format('b.%I', c), ', ') FROM unnest(v_cmp) AS c));
+            (SELECT string_agg(format('b.%I', c), ', ') FROM unnest(v_cmp) AS c))
+            || CASE WHEN v_where IS NOT NULL
+                    THEN ' OR pg_catalog.record_image_ne(ROW(wa.w), ROW(wb.w))' ELSE '' END;
     END IF;
-    v_rows := format('SELECT * FROM (%s) m WHERE %s', v_rows, v_where);
+    IF v_where IS NOT NULL THEN
+        v_rows := format('SELECT * FROM (%s) m WHERE %s', v_rows, v_where);
+    END IF;
 
     v_key := format('%s', m.key_type);
     v_only := CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = m.source) = 'p' THEN '' ELSE 'ONLY' END;

@@ -291,7 +291,9 @@ BEGIN
                    SELECT 1 FROM etlify.records o
                     WHERE o.mapping_id = p_mapping AND o.crm_id = rec.crm_id AND NOT (o.key = ANY (v_keys)))
           FROM unnest(v_keys, v_seqs) AS k(key, seq)
-          LEFT JOIN etlify.records rec ON rec.mapping_id = p_mapping AND rec.key = k.key
+          -- one index probe per key, whatever the statistics say (see etlify._record_tids)
+          LEFT JOIN LATERAL (SELECT r.state, r.crm_id, r.digest FROM etlify.records r
+                              WHERE r.mapping_id = p_mapping AND r.key = k.key LIMIT 1) rec ON true
          ORDER BY k.key;
 END
 $$;
@@ -338,6 +340,19 @@ CREATE TYPE etlify._result AS (
     key text, seq bigint, outcome text, crm_id text, digest text, error text, retry_ms bigint
 );
 
+-- The ctids of the records of a batch's results with one of `p_outcomes`: one
+-- index probe per key (the LIMIT keeps the planner from turning the probes into a
+-- scan of the mapping's records).
+CREATE FUNCTION etlify._record_tids(p_mapping int, p_results etlify._result[], p_outcomes text[]) RETURNS tid[]
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT ARRAY(SELECT x.ctid FROM unnest(p_results) r
+                  CROSS JOIN LATERAL (SELECT rec.ctid FROM etlify.records rec
+                                       WHERE rec.mapping_id = p_mapping AND rec.key = r.key LIMIT 1) x
+                  WHERE r.outcome = ANY (p_outcomes));
+$$;
+
 CREATE FUNCTION etlify._record(p_mapping int, p_claimer text, p_results jsonb) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -365,12 +380,14 @@ BEGIN
        SET state = 'synced', crm_id = EXCLUDED.crm_id, digest = EXCLUDED.digest,
            last_synced_at = EXCLUDED.last_synced_at, error_count = 0, last_error = NULL, updated_at = now();
 
+    -- Updates go by ctid, found key by key (etlify._record_tids): joined to the
+    -- results, the planner scanned every record of a mapping that had grown since
+    -- the table's statistics were taken (measured: 0.9 s per batch of 1,000).
     -- (rows already synced and clean are not rewritten: a re-check of unchanged
     -- records writes nothing here)
     UPDATE etlify.records rec
        SET state = 'synced', error_count = 0, last_error = NULL, updated_at = now()
-      FROM unnest(v_results) r
-     WHERE r.outcome = 'not_modified' AND rec.mapping_id = p_mapping AND rec.key = r.key
+     WHERE rec.ctid = ANY (etlify._record_tids(p_mapping, v_results, '{not_modified}'))
        AND (rec.state <> 'synced' OR rec.error_count <> 0 OR rec.last_error IS NOT NULL);
 
     INSERT INTO etlify.records AS rec (mapping_id, key, state)
@@ -380,15 +397,16 @@ BEGIN
 
     UPDATE etlify.records rec
        SET state = 'deleted', crm_id = NULL, digest = NULL, error_count = 0, last_error = NULL,
-           last_synced_at = CASE WHEN r.outcome = 'deleted' THEN now() ELSE rec.last_synced_at END,
+           last_synced_at = now(), updated_at = now()
+     WHERE rec.ctid = ANY (etlify._record_tids(p_mapping, v_results, '{deleted}'));
+    UPDATE etlify.records rec
+       SET state = 'deleted', crm_id = NULL, digest = NULL, error_count = 0, last_error = NULL,
            updated_at = now()
-      FROM unnest(v_results) r
-     WHERE r.outcome IN ('deleted', 'noop') AND rec.mapping_id = p_mapping AND rec.key = r.key;
+     WHERE rec.ctid = ANY (etlify._record_tids(p_mapping, v_results, '{noop}'));
 
     UPDATE etlify.records rec
        SET crm_id = NULL, digest = NULL, updated_at = now()
-      FROM unnest(v_results) r
-     WHERE r.outcome = 'stale' AND rec.mapping_id = p_mapping AND rec.key = r.key;
+     WHERE rec.ctid = ANY (etlify._record_tids(p_mapping, v_results, '{stale}'));
 
     INSERT INTO etlify.records AS rec (mapping_id, key, state, error_count, last_error)
     SELECT p_mapping, r.key, CASE WHEN 1 >= v_max THEN 'parked' ELSE 'failed' END, 1, r.error
@@ -407,9 +425,13 @@ BEGIN
        SET last_error = EXCLUDED.last_error, updated_at = now();
 
     -- queue: done records leave it unless they changed since the claim
-    DELETE FROM etlify.queue q USING unnest(v_results) r
-     WHERE q.mapping_id = p_mapping AND q.key = r.key AND q.change_seq = r.seq
-       AND r.outcome IN ('synced', 'not_modified', 'skipped', 'deleted', 'noop', 'disabled');
+    DELETE FROM etlify.queue q
+     WHERE q.ctid = ANY (ARRAY(
+           SELECT x.ctid FROM unnest(v_results) r
+            CROSS JOIN LATERAL (SELECT qq.ctid FROM etlify.queue qq
+                                 WHERE qq.mapping_id = p_mapping AND qq.key = r.key AND qq.change_seq = r.seq
+                                 LIMIT 1) x
+            WHERE r.outcome IN ('synced', 'not_modified', 'skipped', 'deleted', 'noop', 'disabled')));
 
     -- failed and retried records stay (or become) dirty, backed off; parked ones wait
     -- for etlify.reset_errors
@@ -428,8 +450,11 @@ BEGIN
     -- release what is left of this claim (records changed while in flight)
     IF p_claimer IS NOT NULL THEN
         UPDATE etlify.queue q SET claimed_by = NULL, claimed_at = NULL
-          FROM unnest(v_results) r
-         WHERE q.mapping_id = p_mapping AND q.key = r.key AND q.claimed_by = p_claimer;
+         WHERE q.ctid = ANY (ARRAY(
+               SELECT x.ctid FROM unnest(v_results) r
+                CROSS JOIN LATERAL (SELECT qq.ctid FROM etlify.queue qq
+                                     WHERE qq.mapping_id = p_mapping AND qq.key = r.key
+                                       AND qq.claimed_by = p_claimer LIMIT 1) x));
     END IF;
 END
 $$;

@@ -36,6 +36,8 @@ pub struct Groups {
     pub fanout_secs: f64,
     /// the same people changed directly, commit to delivered
     pub plain_secs: f64,
+    /// the fan-out's requests as sync_log saw them
+    pub fanout_log: String,
 }
 
 const SCHEMA: &str = r#"
@@ -161,8 +163,23 @@ pub fn measure(
     wait_quiet(b, "people regrouped");
     let t = Instant::now();
     b.exec("UPDATE companies SET name = 'Renamed' WHERE id = 1");
+    let committed: String =
+        b.db.query_one("SELECT clock_timestamp()::text", &[])
+            .unwrap()
+            .get(0);
     wait_quiet(b, "the rename delivered");
     let fanout_secs = t.elapsed().as_secs_f64();
+    let fanout_log: String = b
+        .db
+        .query_one(
+            "SELECT format('%s requests, the first %s s and the last %s s after the commit', count(*), \
+                    round(extract(epoch FROM min(at) - $1::text::timestamptz)::numeric, 3), \
+                    round(extract(epoch FROM max(at) - $1::text::timestamptz)::numeric, 3)) \
+               FROM etlify.sync_log WHERE source = 'people'::regclass AND at > $1::text::timestamptz",
+            &[&committed],
+        )
+        .unwrap()
+        .get(0);
     let t = Instant::now();
     b.exec(&format!(
         "UPDATE people SET email = 'q' || id || '@example.com' WHERE id <= {fanout}"
@@ -184,6 +201,7 @@ pub fn measure(
         fanout,
         fanout_secs,
         plain_secs,
+        fanout_log,
     }
 }
 

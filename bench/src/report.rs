@@ -304,6 +304,7 @@ impl Figures<'_> {
             list(&g.stale_rates, "", 0),
             list(&g.serializer_rates, "", 0)
         );
+        out += &format!("  fan-out: {}\n", g.fanout_log);
         out += &format!(
             "  has_many member UPDATE, s per run: mapped {}; plain {}\n",
             list(&g.member_mapped, "", 3),
