@@ -176,47 +176,15 @@ fn scan(mapping_id: i32, batch: i64, id_property: &str) -> Result<Counts, String
         })
     });
     let mut counts = Counts::default();
-    loop {
-        let batch_rows: Vec<Claimed> = restricted::as_role(owner, &settings, || {
-            Spi::connect(|c| {
-                let mut cur = c.find_cursor(&rows)?;
-                let out = cur
-                    .fetch(batch)?
-                    .map(|r| {
-                        let key = r.get::<String>(1).ok().flatten().unwrap_or_default();
-                        let size = r.get::<i64>(4).ok().flatten();
-                        let payload = r.get::<JsonB>(3).ok().flatten().map(|j| j.0);
-                        let error = match (&payload, size) {
-                            (None, Some(size)) if size > max => Some(format!(
-                                "payload is {size} bytes, more than etlify.max_payload_size ({} kB)",
-                                max / 1024
-                            )),
-                            _ => None,
-                        };
-                        Claimed {
-                            key,
-                            present: true,
-                            included: r.get::<bool>(2).ok().flatten().unwrap_or(false),
-                            payload,
-                            error,
-                            ..Default::default()
-                        }
-                    })
-                    .collect();
-                let _ = cur.detach_into_name();
-                Ok::<_, pgrx::spi::SpiError>(out)
-            })
-        })
-        .map_err(|e| e.to_string())?;
-        if batch_rows.is_empty() {
-            break;
-        }
-        counts.checked += batch_rows.len();
-        let found = stale(with_records(mapping_id, batch_rows), id_property);
-        counts.errors += found.errors;
-        counts.differ += found.differ.len();
-        enqueue(mapping_id, found.differ);
-    }
+    let each = Batch {
+        mapping_id,
+        owner,
+        settings: &settings,
+        cursor: &rows,
+        size: batch,
+        max,
+    };
+    while scan_batch(&each, id_property, &mut counts)? {}
     Spi::connect(|c| c.find_cursor(&rows).map(drop)).ok();
     // records whose row is gone
     let gone_sql = Spi::get_one_with_args::<String>(
@@ -240,6 +208,60 @@ fn scan(mapping_id: i32, batch: i64, id_property: &str) -> Result<Counts, String
         enqueue(mapping_id, chunk.to_vec());
     }
     Ok(counts)
+}
+
+/// One batch of `scan`'s cursor, read as the mapping's owner: false when the
+/// cursor is exhausted.
+struct Batch<'a> {
+    mapping_id: i32,
+    owner: pg_sys::Oid,
+    settings: &'a [(&'a std::ffi::CStr, &'a str)],
+    cursor: &'a str,
+    size: i64,
+    max: i64,
+}
+
+fn scan_batch(b: &Batch<'_>, id_property: &str, counts: &mut Counts) -> Result<bool, String> {
+    let batch_rows: Vec<Claimed> = restricted::as_role(b.owner, b.settings, || {
+        Spi::connect(|c| {
+            let mut cur = c.find_cursor(b.cursor)?;
+            let out = cur
+                .fetch(b.size)?
+                .map(|r| {
+                    let key = r.get::<String>(1).ok().flatten().unwrap_or_default();
+                    let size = r.get::<i64>(4).ok().flatten();
+                    let payload = r.get::<JsonB>(3).ok().flatten().map(|j| j.0);
+                    let error = match (&payload, size) {
+                        (None, Some(size)) if size > b.max => Some(format!(
+                            "payload is {size} bytes, more than etlify.max_payload_size ({} kB)",
+                            b.max / 1024
+                        )),
+                        _ => None,
+                    };
+                    Claimed {
+                        key,
+                        present: true,
+                        included: r.get::<bool>(2).ok().flatten().unwrap_or(false),
+                        payload,
+                        error,
+                        ..Default::default()
+                    }
+                })
+                .collect();
+            let _ = cur.detach_into_name();
+            Ok::<_, pgrx::spi::SpiError>(out)
+        })
+    })
+    .map_err(|e| e.to_string())?;
+    if batch_rows.is_empty() {
+        return Ok(false);
+    }
+    counts.checked += batch_rows.len();
+    let found = stale(with_records(b.mapping_id, batch_rows), id_property);
+    counts.errors += found.errors;
+    counts.differ += found.differ.len();
+    enqueue(b.mapping_id, found.differ);
+    Ok(true)
 }
 
 /// Rows with their records' sync state (state, CRM id, digest).
