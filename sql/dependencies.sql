@@ -134,8 +134,11 @@ BEGIN
                 (SELECT string_agg(format('a.%I', c), ', ') FROM unnest(v_cols) AS c),
                 (SELECT string_agg(format('b.%I', c), ', ') FROM unnest(v_cols) AS c));
         END IF;
+        -- the new version only when it leads elsewhere: an update that moved
+        -- nothing names each record once
         v_rows := v_rows || format(
-            'CROSS JOIN LATERAL (SELECT %1$s UNION ALL SELECT %2$s) v '
+            'CROSS JOIN LATERAL (SELECT %1$s UNION ALL SELECT %2$s '
+            '                     WHERE pg_catalog.record_image_ne(ROW(%1$s), ROW(%2$s))) v '
             'WHERE pg_catalog.record_image_ne(ROW(%3$s), ROW(%4$s))',
             (SELECT string_agg(format('a.%I', c), ', ') FROM unnest(v_need) AS c),
             (SELECT string_agg(format('b.%I', c), ', ') FROM unnest(v_need) AS c),
