@@ -134,27 +134,7 @@ fn enqueue(mapping_id: i32, keys: Vec<String>) {
 /// records whose rows are gone, which all differ. Err when the mapping cannot be
 /// read this way (the caller goes key by key instead).
 fn scan(mapping_id: i32, batch: i64, id_property: &str) -> Result<Counts, String> {
-    let plan = Spi::connect(|c| {
-        let t = c
-            .select(
-                "SELECT owner, search_path, sql, problem FROM etlify._fetch_plan($1, true)",
-                None,
-                &[mapping_id.into()],
-            )?
-            .first();
-        Ok::<_, pgrx::spi::SpiError>((
-            t.get::<pg_sys::Oid>(1)?,
-            t.get::<String>(2)?,
-            t.get::<String>(3)?,
-            t.get::<String>(4)?,
-        ))
-    })
-    .map_err(|e| e.to_string())?;
-    let (Some(owner), Some(search_path), Some(sql), None) = plan else {
-        return Err(plan
-            .3
-            .unwrap_or_else(|| "the mapping cannot be loaded".into()));
-    };
+    let (owner, search_path, sql) = store::plan(mapping_id, true)?;
     let path = restricted::owner_search_path(&search_path);
     let mut settings = vec![(c"search_path", path.as_str())];
     // keys are spelled canonically; for most key types (integers, text, uuid)

@@ -131,31 +131,14 @@ struct Fetched {
 /// search_path (restricted.rs). If the batch fails, row by row in subtransactions,
 /// so that only the rows whose serializer fails are blamed.
 fn fetch(mapping_id: i32, claimed: &mut [Claimed]) {
-    let plan = Spi::connect(|client| {
-        let t = client
-            .select(
-                "SELECT owner, search_path, sql, problem FROM etlify._fetch_plan($1)",
-                None,
-                &[mapping_id.into()],
-            )
-            .unwrap_or_else(|e| spi_err("planning the serializer", e))
-            .first();
-        let text = |i| t.get::<String>(i).ok().flatten();
-        (
-            t.get::<pg_sys::Oid>(1).ok().flatten(),
-            text(2),
-            text(3),
-            text(4),
-        )
-    });
-    let (Some(owner), Some(search_path), Some(sql), None) = plan else {
-        let problem = plan
-            .3
-            .unwrap_or_else(|| "the mapping cannot be loaded".into());
-        for c in claimed.iter_mut() {
-            blame(c, problem.clone());
+    let (owner, search_path, sql) = match plan(mapping_id, false) {
+        Ok(p) => p,
+        Err(problem) => {
+            for c in claimed.iter_mut() {
+                blame(c, problem.clone());
+            }
+            return;
         }
-        return;
     };
     let keys: Vec<String> = claimed.iter().map(|c| c.key.clone()).collect();
     let path = restricted::owner_search_path(&search_path);
@@ -210,6 +193,33 @@ fn fetch(mapping_id: i32, claimed: &mut [Claimed]) {
             ),
             Err(e) => blame(c, e),
         }
+    }
+}
+
+/// How to load and serialize a mapping's rows (etlify._fetch_plan): the owner
+/// to run as, its recorded search_path, and the statement (for claimed keys, or
+/// with `scan` for the whole source); or why it cannot be done.
+pub fn plan(mapping_id: i32, scan: bool) -> Result<(pg_sys::Oid, String, String), String> {
+    let plan = Spi::connect(|client| {
+        let t = client
+            .select(
+                "SELECT owner, search_path, sql, problem FROM etlify._fetch_plan($1, $2)",
+                None,
+                &[mapping_id.into(), scan.into()],
+            )
+            .unwrap_or_else(|e| spi_err("planning the serializer", e))
+            .first();
+        let text = |i| t.get::<String>(i).ok().flatten();
+        (
+            t.get::<pg_sys::Oid>(1).ok().flatten(),
+            text(2),
+            text(3),
+            text(4),
+        )
+    });
+    match plan {
+        (Some(owner), Some(search_path), Some(sql), None) => Ok((owner, search_path, sql)),
+        (.., problem) => Err(problem.unwrap_or_else(|| "the mapping cannot be loaded".into())),
     }
 }
 
