@@ -293,6 +293,25 @@ AS $$
     VALUES (p_mapping, '{}', true, nextval('etlify.change_seq'));
 $$;
 
+-- How a statement names a source so that it reads that table's rows alone:
+-- ONLY, except for a partitioned table, which is its partitions (inherited
+-- children are not part of a source).
+CREATE FUNCTION etlify._only(p_rel regclass) RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN c.relkind = 'p' THEN '' ELSE 'ONLY' END FROM pg_class c WHERE c.oid = p_rel;
+$$;
+
+-- Whether a table has a live column of that name (false for a NULL name).
+CREATE FUNCTION etlify._has_col(p_rel regclass, p_col text) RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = p_rel AND a.attname = p_col
+                      AND a.attnum > 0 AND NOT a.attisdropped);
+$$;
+
 -- After CREATE/ALTER TABLE. The key and watched columns of a mapping stay (see
 -- below). Partitions come and go under a partitioned source: one created or attached gets
 -- the capture triggers, and its rows are dirty (they joined the source); one
@@ -316,8 +335,7 @@ BEGIN
               WHERE mm.source IN (SELECT d.objid FROM pg_event_trigger_ddl_commands() d
                                    WHERE d.classid = 'pg_class'::regclass) LOOP
         FOREACH v_col IN ARRAY ARRAY[m.key_column::text] || coalesce(m.watch, '{}') LOOP
-            IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = m.source AND a.attname = v_col
-                              AND a.attnum > 0 AND NOT a.attisdropped) THEN
+            IF NOT etlify._has_col(m.source, v_col) THEN
                 PERFORM etlify._raise('2BP01', format('etlify: column "%s" of %s is the key or a watched column of its mapping to CRM "%s"',
                     v_col, m.source, m.crm),
                     'Call etlify.unsync_table() first, and etlify.sync_table() again after the change.');
@@ -419,8 +437,7 @@ AS $$
         'LEFT JOIN %5$s %6$s t ON t.%1$I OPERATOR(pg_catalog.=) k._etlify_key::%7$s '
         'OFFSET 0) f ORDER BY f.ord',
         p_mapping.key_column, coalesce(p_mapping.sync_if, 'true'), n.nspname, p.proname,
-        -- inherited children are not the source; a partitioned table is its partitions
-        CASE WHEN c.relkind = 'p' THEN '' ELSE 'ONLY' END, p_mapping.source, p_mapping.key_type)
+        etlify._only(p_mapping.source), p_mapping.source, p_mapping.key_type)
       FROM pg_proc p
       JOIN pg_namespace n ON n.oid = p.pronamespace
       JOIN pg_class c ON c.oid = p_mapping.source
@@ -441,7 +458,7 @@ AS $$
         'CASE WHEN (%2$s' || E'\n' || ') THEN %3$I.%4$I(t) END AS payload '
         'FROM %5$s %6$s t OFFSET 0) f',
         p_mapping.key_column, coalesce(p_mapping.sync_if, 'true'), n.nspname, p.proname,
-        CASE WHEN c.relkind = 'p' THEN '' ELSE 'ONLY' END, p_mapping.source)
+        etlify._only(p_mapping.source), p_mapping.source)
       FROM pg_proc p
       JOIN pg_namespace n ON n.oid = p.pronamespace
       JOIN pg_class c ON c.oid = p_mapping.source
@@ -528,8 +545,7 @@ BEGIN
             PERFORM etlify._raise('22023', format('etlify.sync_table: watch must not be empty (use NULL to watch every column of %s)', p_source));
         END IF;
         FOREACH v_col IN ARRAY p_watch LOOP
-            IF v_col IS NULL OR NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = p_source
-                                             AND a.attname = v_col AND a.attnum > 0 AND NOT a.attisdropped) THEN
+            IF NOT etlify._has_col(p_source, v_col) THEN  -- a NULL name included
                 PERFORM etlify._raise('42703', format('etlify.sync_table: watched column "%s" does not exist in %s', v_col, p_source));
             END IF;
         END LOOP;
@@ -568,7 +584,7 @@ BEGIN
         EXECUTE format(
             'INSERT INTO etlify.queue (mapping_id, key, change_seq) '
             'SELECT %s, t.%I::text, (SELECT nextval(''etlify.change_seq'')) FROM %s %s t',
-            v_mapping.id, v_key_col, CASE WHEN v_relkind = 'p' THEN '' ELSE 'ONLY' END, p_source);
+            v_mapping.id, v_key_col, etlify._only(p_source), p_source);
         PERFORM etlify._wake();
     END IF;
 END

@@ -30,14 +30,6 @@ AS $$
      WHERE i.indrelid = p_rel AND i.indisprimary AND i.indnkeyatts = 1;
 $$;
 
-CREATE FUNCTION etlify._has_col(p_rel regclass, p_col text) RETURNS boolean
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = p_rel AND a.attname = p_col
-                      AND a.attnum > 0 AND NOT a.attisdropped);
-$$;
-
 -- A table named in a declaration, resolved as the declaring session would
 -- (its search_path); NULL if there is none. Our own path is back before anything
 -- else runs.
@@ -152,7 +144,7 @@ BEGIN
     END IF;
 
     v_key := format('%s', m.key_type);
-    v_only := CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = m.source) = 'p' THEN '' ELSE 'ONLY' END;
+    v_only := etlify._only(m.source);
     v_keys := CASE d.form
         WHEN 'has' THEN format('SELECT c.%I::%s::pg_catalog.text FROM changed c', d.member_col, v_key)
         WHEN 'link' THEN format('SELECT c.%I::%s::pg_catalog.text FROM changed c', d.link_source_col, v_key)
@@ -162,7 +154,7 @@ BEGIN
         WHEN 'through' THEN format(
             'SELECT l.%I::%s::pg_catalog.text FROM %s %s l JOIN changed c ON l.%I OPERATOR(pg_catalog.=) c.%I',
             d.link_source_col, v_key,
-            CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = d.link) = 'p' THEN '' ELSE 'ONLY' END,
+            etlify._only(d.link),
             d.link, d.link_member_col, d.member_col)
         WHEN 'keys' THEN format('SELECT k::%s::pg_catalog.text FROM (%s' || E'\n' || ') AS k(k)',
                                 v_key, d.keys_sql)

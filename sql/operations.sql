@@ -717,7 +717,7 @@ AS $$
         '   AND r.state OPERATOR(pg_catalog.<>) ''deleted'' '
         '   AND NOT EXISTS (SELECT FROM %2$s %3$s t WHERE t.%1$I OPERATOR(pg_catalog.=) r.key::%5$s)',
         p_mapping.key_column,
-        CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = p_mapping.source) = 'p' THEN '' ELSE 'ONLY' END,
+        etlify._only(p_mapping.source),
         p_mapping.source, p_mapping.id, p_mapping.key_type);
 $$;
 
