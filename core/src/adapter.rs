@@ -23,6 +23,25 @@ pub struct Delete {
     pub crm_id: String,
 }
 
+/// An association between two CRM objects (HubSpot v4 associations).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Link {
+    /// Opaque to the adapter: names this link in the report's outcomes (the engine
+    /// puts the record's key and the dependency's position in it).
+    pub key: String,
+    pub from_id: String,
+    pub to_id: String,
+    /// None: the default (unlabelled) association; Some: a labelled one.
+    pub label: Option<Label>,
+}
+
+/// A labelled association type, e.g. HUBSPOT_DEFINED 5 (deal to company, primary).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Label {
+    pub category: String,
+    pub type_id: i64,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Synced {
@@ -72,6 +91,34 @@ pub trait CrmAdapter {
     /// The caller passes at most max_batch_size() items; the adapter may make more than one request (e.g. one update + one upsert).
     fn upsert(&mut self, object_type: &str, id_property: &str, items: &[Upsert]) -> Report;
     fn delete(&mut self, object_type: &str, items: &[Delete]) -> Report;
+    /// Creates the associations `from_type` → `to_type` of `links`; an outcome per
+    /// link: `Synced { crm_id: to_id }` when it exists now (created, or there already).
+    fn associate(&mut self, from_type: &str, to_type: &str, links: &[Link]) -> Report {
+        let _ = (from_type, to_type);
+        unsupported(links, "associations")
+    }
+    /// Removes every association between each link's two objects (the label is not
+    /// looked at); an outcome per link: `Deleted` when none is left (also when there
+    /// was none).
+    fn dissociate(&mut self, from_type: &str, to_type: &str, links: &[Link]) -> Report {
+        let _ = (from_type, to_type);
+        unsupported(links, "associations")
+    }
+}
+
+/// What an adapter without `what` answers for every link: the record's fault (the
+/// declaration asks for something this CRM cannot do).
+fn unsupported(links: &[Link], what: &str) -> Report {
+    Report {
+        outcomes: links
+            .iter()
+            .map(|l| {
+                let error = format!("this CRM's adapter does not support {what}");
+                (l.key.clone(), Outcome::Failed { error })
+            })
+            .collect(),
+        ..Report::default()
+    }
 }
 
 pub struct CrmSettings {

@@ -1,7 +1,7 @@
 //! The null adapter: accepts everything, sends nothing. For trying etlify out and for
 //! measuring the extension's own overhead without a CRM in the way.
 
-use crate::adapter::{batch_size, CrmAdapter, CrmSettings, Delete, Outcome, Report, Upsert};
+use crate::adapter::{batch_size, CrmAdapter, CrmSettings, Delete, Link, Outcome, Report, Upsert};
 use crate::config::AdapterConfig;
 
 /// No requests are made, so the batch is only bounded by what the worker handles well.
@@ -47,6 +47,29 @@ impl CrmAdapter for NullAdapter {
             outcomes: items
                 .iter()
                 .map(|item| (item.key.clone(), Outcome::Deleted))
+                .collect(),
+            ..Report::default()
+        }
+    }
+
+    fn associate(&mut self, _from_type: &str, _to_type: &str, links: &[Link]) -> Report {
+        Report {
+            outcomes: links
+                .iter()
+                .map(|l| {
+                    let crm_id = l.to_id.clone();
+                    (l.key.clone(), Outcome::Synced { crm_id })
+                })
+                .collect(),
+            ..Report::default()
+        }
+    }
+
+    fn dissociate(&mut self, _from_type: &str, _to_type: &str, links: &[Link]) -> Report {
+        Report {
+            outcomes: links
+                .iter()
+                .map(|l| (l.key.clone(), Outcome::Deleted))
                 .collect(),
             ..Report::default()
         }
