@@ -98,6 +98,34 @@ CREATE TABLE etlify.members (
     PRIMARY KEY (mapping_id, position, role)
 );
 
+-- A mapping's sync dependencies (dependency order), resolved at sync_table: before
+-- a record is sent, the record of `target` (synced to CRM `crm`) whose key its
+-- row holds in `source_col` must have a CRM id. Written by etlify._declare_needs,
+-- read by the drain (etlify._await) and by etlify._work's ordering.
+--   associate  NULL, or the association to create once the record is written:
+--              {"default": true} or {"category": "...", "type_id": n}
+CREATE TABLE etlify.needs (
+    mapping_id int NOT NULL,
+    position   int NOT NULL,
+    crm        text NOT NULL,
+    target     regclass NOT NULL,
+    source_col name NOT NULL,
+    associate  jsonb,
+    PRIMARY KEY (mapping_id, position)
+);
+
+-- The associations etlify made and the CRM holds: one per (record, sync
+-- dependency), between the record's object (from_id) and the referenced one
+-- (to_id). A reference that moves removes the old one (src/engine/links.rs).
+CREATE TABLE etlify.links (
+    mapping_id int NOT NULL,
+    key        text NOT NULL,
+    position   int NOT NULL,
+    from_id    text NOT NULL,
+    to_id      text NOT NULL,
+    PRIMARY KEY (mapping_id, key, position)
+);
+
 -- What writers append: one row per statement that changed records of a mapping,
 -- with the changed keys. Append-only, no index, no foreign key: the cheapest write
 -- there is, so that writers barely notice the mapping. The drain absorbs these
@@ -165,8 +193,14 @@ CREATE TABLE etlify.records (
     error_count    int NOT NULL DEFAULT 0,
     last_error     text,
     updated_at     timestamptz NOT NULL DEFAULT now(),
+    -- a buffered record waits for the record `waits_key` of its sync dependency
+    -- `waits_position` (etlify.needs), and is released when that one syncs
+    waits_position int,
+    waits_key      text,
     PRIMARY KEY (mapping_id, key)
 );
+-- "which buffered records wait for these keys?": asked whenever records sync
+CREATE INDEX records_waiting ON etlify.records (waits_key) WHERE state = 'buffered';
 -- "does another record hold this CRM object?": asked before every archive, so that
 -- the object of a row that exists is never archived
 CREATE INDEX records_crm_id ON etlify.records (mapping_id, crm_id) WHERE crm_id IS NOT NULL;
@@ -225,6 +259,8 @@ SELECT pg_catalog.pg_extension_config_dump('etlify.crms', '');
 SELECT pg_catalog.pg_extension_config_dump('etlify.mappings', '');
 SELECT pg_catalog.pg_extension_config_dump('etlify.mappings_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('etlify.members', '');
+SELECT pg_catalog.pg_extension_config_dump('etlify.needs', '');
+SELECT pg_catalog.pg_extension_config_dump('etlify.links', '');
 SELECT pg_catalog.pg_extension_config_dump('etlify.records', '');
 SELECT pg_catalog.pg_extension_config_dump('etlify.queue', '');
 SELECT pg_catalog.pg_extension_config_dump('etlify.changes', '');
@@ -237,7 +273,7 @@ DECLARE
     v_owner regrole := (SELECT d.datdba::regrole FROM pg_catalog.pg_database d
                          WHERE d.datname = pg_catalog.current_database());
 BEGIN
-    EXECUTE format('GRANT SELECT ON etlify.crms, etlify.mappings, etlify.members, etlify.records, etlify.queue, '
+    EXECUTE format('GRANT SELECT ON etlify.crms, etlify.mappings, etlify.members, etlify.needs, etlify.links, etlify.records, etlify.queue, '
                    'etlify.changes, etlify.mappings_id_seq, etlify.change_seq TO %s', v_owner);
 END
 $$;

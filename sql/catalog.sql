@@ -358,6 +358,12 @@ BEGIN
          WHERE x.col IS NOT NULL
            AND x.rel IN (SELECT d.objid FROM pg_event_trigger_ddl_commands() d
                           WHERE d.classid = 'pg_class'::regclass)
+        UNION ALL
+        -- a sync dependency's reference
+        SELECT mm.source, n.source_col::text, mm.source, mm.crm
+          FROM etlify.needs n JOIN etlify.mappings mm ON mm.id = n.mapping_id
+         WHERE mm.source IN (SELECT d.objid FROM pg_event_trigger_ddl_commands() d
+                              WHERE d.classid = 'pg_class'::regclass)
     LOOP
         IF NOT etlify._has_col(v_dep.rel, v_dep.col) THEN
             PERFORM etlify._raise('2BP01', format('etlify: column "%s" of %s ties it to the records of %s (CRM "%s") as a dependency',
@@ -555,15 +561,12 @@ BEGIN
         PERFORM etlify._raise('22023', format('etlify.sync_table: sync_if must not be empty (use NULL to sync every row of %s)', p_source));
     END IF;
 
-    IF p_sync_dependencies IS NOT NULL THEN
-        PERFORM etlify._raise('0A000', format('etlify.sync_table: sync_dependencies are not supported yet (source %s)', p_source));
-    END IF;
-
     INSERT INTO etlify.mappings (crm, source, object_type, id_property, serializer, watch, sync_if,
                                  dependencies, sync_dependencies, owner, search_path, key_column, key_type)
     VALUES (p_crm, p_source, p_object_type, p_id_property, p_serializer::regprocedure::text, p_watch, p_sync_if,
             p_dependencies, p_sync_dependencies, v_caller::regrole, coalesce(p_search_path, ''), v_key_col, v_key_type)
     RETURNING * INTO v_mapping;
+    PERFORM etlify._declare_needs(v_mapping, p_sync_dependencies, v_caller);
 
     -- sync_if and the serializer must plan as the statement the drain runs, as the
     -- caller would run it (never as us: both are the caller's SQL)
@@ -617,6 +620,7 @@ LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
     DELETE FROM etlify.mappings WHERE id = p_mapping;
+    DELETE FROM etlify.needs WHERE mapping_id = p_mapping;
     INSERT INTO etlify.forgotten (mapping_id) VALUES (p_mapping) ON CONFLICT DO NOTHING;
 $$;
 
@@ -691,6 +695,18 @@ BEGIN
     LOOP
         PERFORM etlify._raise('2BP01', format('etlify: table %s feeds the records of %s (CRM "%s") as a dependency',
                                               v_member.member, v_member.source, v_member.crm),
+            'Declare that mapping again without it first: etlify.unsync_table(), then etlify.sync_table().');
+    END LOOP;
+    -- The same for a table that other mappings' records wait for (a sync dependency).
+    FOR v_member IN
+        SELECT DISTINCT d.object_identity AS member, m.source::text AS source, m.crm
+          FROM etlify.needs n
+          JOIN etlify.mappings m ON m.id = n.mapping_id
+          JOIN pg_event_trigger_dropped_objects() d ON d.objid = n.target::oid
+         WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0
+    LOOP
+        PERFORM etlify._raise('2BP01', format('etlify: the records of %s (CRM "%s") wait for the records of table %s (a sync dependency)',
+                                              v_member.source, v_member.crm, v_member.member),
             'Declare that mapping again without it first: etlify.unsync_table(), then etlify.sync_table().');
     END LOOP;
     FOR v_id IN SELECT DISTINCT mb.mapping_id FROM etlify.members mb

@@ -299,9 +299,11 @@ END
 $$;
 
 -- How to load and serialize a mapping's rows now: as whom, with which search_path,
--- and the statement (etlify._fetch_sql); or why it cannot be done.
+-- and the statement (etlify._fetch_sql), with the one for the references of sync
+-- dependencies (etlify._refs_sql); or why it cannot be done.
 CREATE FUNCTION etlify._fetch_plan(p_mapping int, p_scan boolean DEFAULT false,
-                                   OUT owner oid, OUT search_path text, OUT sql text, OUT problem text)
+                                   OUT owner oid, OUT search_path text, OUT sql text, OUT problem text,
+                                   OUT refs_sql text)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -327,6 +329,7 @@ BEGIN
     owner := m.owner;
     search_path := m.search_path;
     sql := CASE WHEN p_scan THEN etlify._scan_sql(m, v_ser) ELSE etlify._fetch_sql(m, v_ser) END;
+    refs_sql := etlify._refs_sql(m);
 END
 $$;
 
@@ -335,9 +338,13 @@ $$;
 -- synced, not_modified, skipped, deleted, noop, disabled (done: the queue row is
 -- cleared if nothing changed since the claim), failed (the record's fault: counted,
 -- backed off, parked at max_sync_errors), retry (not the record's fault: backed off
--- by retry_ms, not counted), stale (the CRM forgot crm_id: upsert again at once).
+-- by retry_ms, not counted), stale (the CRM forgot crm_id: upsert again at once),
+-- buffered (waits for the record waits_key of sync dependency waits_position;
+-- released by etlify._release). A failed or retried record may carry the crm_id
+-- and digest of a payload the CRM took (an association failed after it).
 CREATE TYPE etlify._result AS (
-    key text, seq bigint, outcome text, crm_id text, digest text, error text, retry_ms bigint
+    key text, seq bigint, outcome text, crm_id text, digest text, error text, retry_ms bigint,
+    waits_position int, waits_key text
 );
 
 -- The ctids of the records of a batch's results with one of `p_outcomes`: one
@@ -390,6 +397,18 @@ BEGIN
      WHERE rec.ctid = ANY (etlify._record_tids(p_mapping, v_results, '{not_modified}'))
        AND (rec.state <> 'synced' OR rec.error_count <> 0 OR rec.last_error IS NOT NULL);
 
+    -- the buffered records this batch's syncs were waited for by
+    IF EXISTS (SELECT 1 FROM unnest(v_results) r WHERE r.outcome = 'synced') THEN
+        PERFORM etlify._release(p_mapping, ARRAY(SELECT r.key FROM unnest(v_results) r WHERE r.outcome = 'synced'));
+    END IF;
+
+    INSERT INTO etlify.records AS rec (mapping_id, key, state, last_error, waits_position, waits_key)
+    SELECT p_mapping, r.key, 'buffered', r.error, r.waits_position, r.waits_key
+      FROM unnest(v_results) r WHERE r.outcome = 'buffered'
+    ON CONFLICT (mapping_id, key) DO UPDATE
+       SET state = 'buffered', last_error = EXCLUDED.last_error, waits_position = EXCLUDED.waits_position,
+           waits_key = EXCLUDED.waits_key, error_count = 0, updated_at = now();
+
     INSERT INTO etlify.records AS rec (mapping_id, key, state)
     SELECT p_mapping, r.key, 'skipped' FROM unnest(v_results) r WHERE r.outcome = 'skipped'
     ON CONFLICT (mapping_id, key) DO UPDATE
@@ -408,21 +427,31 @@ BEGIN
        SET crm_id = NULL, digest = NULL, updated_at = now()
      WHERE rec.ctid = ANY (etlify._record_tids(p_mapping, v_results, '{stale}'));
 
-    INSERT INTO etlify.records AS rec (mapping_id, key, state, error_count, last_error)
-    SELECT p_mapping, r.key, CASE WHEN 1 >= v_max THEN 'parked' ELSE 'failed' END, 1, r.error
+    INSERT INTO etlify.records AS rec (mapping_id, key, state, error_count, last_error, crm_id, digest)
+    SELECT p_mapping, r.key, CASE WHEN 1 >= v_max THEN 'parked' ELSE 'failed' END, 1, r.error,
+           r.crm_id, decode(r.digest, 'hex')
       FROM unnest(v_results) r WHERE r.outcome = 'failed'
     ON CONFLICT (mapping_id, key) DO UPDATE
        SET error_count = rec.error_count + 1,
            state = CASE WHEN rec.error_count + 1 >= v_max THEN 'parked' ELSE 'failed' END,
-           last_error = EXCLUDED.last_error, updated_at = now();
+           last_error = EXCLUDED.last_error, updated_at = now(),
+           crm_id = coalesce(EXCLUDED.crm_id, rec.crm_id), digest = coalesce(EXCLUDED.digest, rec.digest);
 
     -- not the record's fault (the CRM paused, misconfigured, rate-limited): the
     -- record stays pending, its error counts nothing, and last_error says why
-    INSERT INTO etlify.records AS rec (mapping_id, key, state, last_error)
-    SELECT p_mapping, r.key, 'pending', r.error
+    INSERT INTO etlify.records AS rec (mapping_id, key, state, last_error, crm_id, digest)
+    SELECT p_mapping, r.key, 'pending', r.error, r.crm_id, decode(r.digest, 'hex')
       FROM unnest(v_results) r WHERE r.outcome = 'retry' AND r.error IS NOT NULL
     ON CONFLICT (mapping_id, key) DO UPDATE
-       SET last_error = EXCLUDED.last_error, updated_at = now();
+       SET last_error = EXCLUDED.last_error, updated_at = now(),
+           crm_id = coalesce(EXCLUDED.crm_id, rec.crm_id), digest = coalesce(EXCLUDED.digest, rec.digest);
+
+    -- an archived object took its associations with it
+    IF EXISTS (SELECT 1 FROM etlify.links l WHERE l.mapping_id = p_mapping) THEN
+        DELETE FROM etlify.links l
+         USING unnest(v_results) r
+         WHERE l.mapping_id = p_mapping AND l.key = r.key AND r.outcome IN ('deleted', 'noop');
+    END IF;
 
     -- queue: done records leave it unless they changed since the claim
     DELETE FROM etlify.queue q
@@ -431,7 +460,7 @@ BEGIN
             CROSS JOIN LATERAL (SELECT qq.ctid FROM etlify.queue qq
                                  WHERE qq.mapping_id = p_mapping AND qq.key = r.key AND qq.change_seq = r.seq
                                  LIMIT 1) x
-            WHERE r.outcome IN ('synced', 'not_modified', 'skipped', 'deleted', 'noop', 'disabled')));
+            WHERE r.outcome IN ('synced', 'not_modified', 'skipped', 'deleted', 'noop', 'disabled', 'buffered')));
 
     -- failed and retried records stay (or become) dirty, backed off; parked ones wait
     -- for etlify.reset_errors
@@ -494,6 +523,7 @@ BEGIN
         DELETE FROM etlify.changes WHERE mapping_id = v_id;
         DELETE FROM etlify.queue WHERE mapping_id = v_id;
         DELETE FROM etlify.records WHERE mapping_id = v_id;
+        DELETE FROM etlify.links WHERE mapping_id = v_id;
         DELETE FROM etlify.forgotten WHERE mapping_id = v_id;
         v_n := v_n + 1;
     END LOOP;
@@ -584,8 +614,11 @@ AS $$
       JOIN etlify.crms c ON c.name = m.crm
       LEFT JOIN etlify.crm_secrets s ON s.crm = c.name
       CROSS JOIN etlify._home() h
+      -- referenced records first: a record and one it needs, both pending, go out
+      -- in one round (sql/dependency_order.sql)
+      LEFT JOIN etlify._depths() dp ON dp.mapping_id = m.id
      WHERE p_crm IS NULL OR m.crm = p_crm
-     ORDER BY m.id;
+     ORDER BY coalesce(dp.depth, 0), m.id;
 $$;
 
 -- Lifts a hold (this database is a copy, and the operator says it may write to the
@@ -698,8 +731,12 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    r record := etlify._record_key($1, $2, $3, 'etlify.crm_id');
+    r record;
 BEGIN
+    IF $3 IS NULL THEN
+        RETURN NULL;  -- a NULL reference: no record, no id
+    END IF;
+    r := etlify._record_key($1, $2, $3, 'etlify.crm_id');
     RETURN (SELECT rec.crm_id FROM etlify.records rec WHERE rec.mapping_id = (r.m).id AND rec.key = r.k);
 END
 $$;
@@ -898,6 +935,8 @@ $$;
 -- for etlify_admin; internal functions are called by the API functions, which run
 -- as the extension's owner, and by the worker.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA etlify FROM PUBLIC;
+-- every owner's fetch statement spells the references with it (src/keys.rs)
+GRANT EXECUTE ON FUNCTION etlify._spell TO PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA etlify FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION etlify.register_crm, etlify.sync_table, etlify.unsync_table, etlify.sync,
     etlify.delete, etlify.enqueue, etlify.drain, etlify.sync_stale, etlify.reset_errors, etlify.crm_id,

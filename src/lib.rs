@@ -35,6 +35,11 @@ extension_sql_file!(
     name = "dependencies",
     requires = ["catalog"]
 );
+extension_sql_file!(
+    "../sql/dependency_order.sql",
+    name = "dependency_order",
+    requires = ["dependencies"]
+);
 extension_sql_file!("../sql/operations.sql", name = "operations", finalize);
 
 #[pg_guard]

@@ -5,6 +5,7 @@
 pub mod adapter;
 pub mod digest;
 pub mod http;
+pub mod links;
 pub mod plan;
 pub mod retry;
 

@@ -25,6 +25,20 @@ pub struct Claimed {
     pub error: Option<String>,
     /// Another record, not in this claim, holds the same CRM object.
     pub shared: bool,
+    /// A record it depends on has no CRM id yet (sync_dependencies).
+    pub waits: Option<Wait>,
+    /// Its associations with the records it references (not planned here: the
+    /// engine takes them before planning, see crate::links).
+    pub links: Vec<crate::links::LinkState>,
+}
+
+/// What a buffered record waits for: the referenced key of its sync dependency at
+/// `position`, and why that record has no CRM id (for `last_error`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Wait {
+    pub position: i32,
+    pub key: String,
+    pub reason: String,
 }
 
 /// What became of a record: the one list of outcomes. `as_str` gives the words
@@ -128,6 +142,7 @@ pub struct Resolved {
     pub digest: Option<[u8; 32]>,
     pub error: Option<String>,
     pub retry_ms: Option<u64>,
+    pub waits: Option<Wait>,
 }
 
 impl Resolved {
@@ -145,6 +160,7 @@ impl Resolved {
             digest: None,
             error: None,
             retry_ms: None,
+            waits: None,
         }
     }
 
@@ -164,6 +180,8 @@ impl Resolved {
             "digest": self.digest.map(|d| hex(&d)),
             "error": self.error,
             "retry_ms": self.retry_ms,
+            "waits_position": self.waits.as_ref().map(|w| w.position),
+            "waits_key": self.waits.as_ref().map(|w| &w.key),
         })
     }
 }
@@ -236,12 +254,22 @@ pub fn plan(rows: Vec<Claimed>, id_property: &str, crm_enabled: bool, intent: In
             }
             continue;
         }
-        if let Some(e) = &c.error {
-            out.done.push(Resolved::failed(&c, e.clone()));
-            continue;
-        }
         if !c.included {
             out.done.push(Resolved::new(&c, Verdict::Skipped));
+            continue;
+        }
+        // held back before anything else is looked at: its payload may well
+        // depend on the id it waits for
+        if let Some(w) = c.waits.take() {
+            out.done.push(Resolved {
+                error: Some(w.reason.clone()),
+                waits: Some(w),
+                ..Resolved::new(&c, Verdict::Buffered)
+            });
+            continue;
+        }
+        if let Some(e) = &c.error {
+            out.done.push(Resolved::failed(&c, e.clone()));
             continue;
         }
         // taken, not cloned: a re-check of a million unchanged rows builds no copies

@@ -5,11 +5,15 @@
 //! (etlify.drain, etlify.sync without the worker) run every step in the caller's
 //! transaction (api.rs).
 
+mod links;
 mod pacer;
 pub mod store;
 
 use etlify_core::adapter::{self, CrmAdapter, CrmSettings, Outcome, Report, RequestLog};
-use etlify_core::plan::{plan, Claimed, Intent, Resolved, Verdict};
+use etlify_core::links::Held;
+use etlify_core::plan::{
+    plan, Claimed, Intent, Plan, PlannedDelete, PlannedUpsert, Resolved, Verdict,
+};
 use pacer::{LocalPacer, Sleeper};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -96,6 +100,7 @@ impl<H: Host> Engine<H> {
         let mut budget = max_records.unwrap_or(usize::MAX);
         host.step(store::collect_forgotten);
         host.step(store::settle_inline_sends);
+        host.step(store::release_buffered);
         loop {
             // writers' change rows first, in bounded transactions
             while host.step(|| store::absorb(ABSORB_ROWS)) >= ABSORB_ROWS as i64 {
@@ -140,9 +145,10 @@ impl<H: Host> Engine<H> {
         if rows.is_empty() {
             return Vec::new();
         }
-        let (results, logs) = self.process(w, rows, Intent::Reconcile, stop);
+        let (results, logs, held) = self.process(w, rows, Intent::Reconcile, stop);
         host.step(|| {
             store::record(w.mapping_id, host.claimer(), &results);
+            store::linked(w.mapping_id, &held);
             store::log(&w.crm, w.source, logs);
         });
         results
@@ -186,9 +192,10 @@ impl<H: Host> Engine<H> {
         for _ in 0..2 {
             let rows = host
                 .step(|| store::claim(mapping_id, 1, host.claimer(), Some(vec![key.to_string()])));
-            let (results, logs) = self.process(&w, rows, intent, &|| false);
+            let (results, logs, held) = self.process(&w, rows, intent, &|| false);
             host.step(|| {
                 store::record(mapping_id, host.claimer(), &results);
+                store::linked(mapping_id, &held);
                 store::log(&w.crm, w.source, logs);
             });
             match results.first().map(|r| r.verdict) {
@@ -236,20 +243,57 @@ impl<H: Host> Engine<H> {
 
     /// Plans a claimed batch and sends what must be sent. No SQL in here: in the
     /// worker this runs with no transaction open.
+    /// Returns a result per record, the requests made, and the associations the CRM
+    /// holds now.
     fn process(
         &mut self,
         w: &Work,
-        rows: Vec<Claimed>,
+        mut rows: Vec<Claimed>,
         intent: Intent,
         stop: &dyn Fn() -> bool,
-    ) -> (Vec<Resolved>, Vec<Value>) {
-        let host = self.host;
+    ) -> (Vec<Resolved>, Vec<Value>, Vec<Held>) {
+        // associations are made once the records are written (engine/links.rs)
+        let wanted: HashMap<String, links::Wanted> = rows
+            .iter_mut()
+            .filter(|c| !c.links.is_empty())
+            .map(|c| {
+                let links = std::mem::take(&mut c.links);
+                let crm_id = c.crm_id.clone();
+                (c.key.clone(), links::Wanted { crm_id, links })
+            })
+            .collect();
         let p = plan(rows, &w.id_property, w.enabled, intent);
         let mut results = p.done;
         let mut logs = Vec::new();
-        if p.upserts.is_empty() && p.deletes.is_empty() {
-            return (results, logs);
+        if !p.upserts.is_empty() || !p.deletes.is_empty() {
+            self.send(w, p.upserts, p.deletes, &mut results, &mut logs, stop);
         }
+        if wanted.is_empty() || intent == Intent::Delete {
+            return (results, logs, Vec::new());
+        }
+        let held = match self.crm(w) {
+            Ok(crm) => links::associate(crm, w, wanted, &mut results, &mut logs, stop),
+            Err(_) => Vec::new(), // the records' sends said why already
+        };
+        (results, logs, held)
+    }
+
+    /// Sends a batch's upserts, then its deletes, adding a result per record.
+    fn send(
+        &mut self,
+        w: &Work,
+        upserts: Vec<PlannedUpsert>,
+        deletes: Vec<PlannedDelete>,
+        results: &mut Vec<Resolved>,
+        logs: &mut Vec<Value>,
+        stop: &dyn Fn() -> bool,
+    ) {
+        let host = self.host;
+        let p = Plan {
+            done: Vec::new(),
+            upserts,
+            deletes,
+        };
         let crm = match self.crm(w) {
             Ok(c) => c,
             Err(e) => {
@@ -268,7 +312,7 @@ impl<H: Host> Engine<H> {
                 for d in &p.deletes {
                     results.push(retry(&d.item.key, d.seq, &error, Duration::from_secs(60)));
                 }
-                return (results, logs);
+                return;
             }
         };
         let keys = p.upserts.iter().map(|u| u.item.key.clone());
@@ -291,7 +335,7 @@ impl<H: Host> Engine<H> {
             }
             let items: Vec<_> = chunk.iter().map(|u| u.item.clone()).collect();
             let report = crm.adapter.upsert(&w.object_type, &w.id_property, &items);
-            let by_key = absorb(crm, &report, &mut logs);
+            let by_key = absorb(crm, &report, logs);
             for u in chunk {
                 results.push(match by_key.get(u.item.key.as_str()) {
                     Some(Outcome::Synced { crm_id }) => {
@@ -327,7 +371,7 @@ impl<H: Host> Engine<H> {
             }
             let items: Vec<_> = chunk.iter().map(|d| d.item.clone()).collect();
             let report = crm.adapter.delete(&w.object_type, &items);
-            let by_key = absorb(crm, &report, &mut logs);
+            let by_key = absorb(crm, &report, logs);
             for d in chunk {
                 results.push(settle(
                     &d.item.key,
@@ -337,7 +381,6 @@ impl<H: Host> Engine<H> {
                 ));
             }
         }
-        (results, logs)
     }
 }
 

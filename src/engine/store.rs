@@ -1,10 +1,13 @@
 //! The drain's calls into its SQL half (sql/operations.sql), one function each.
 
 use crate::restricted;
-use etlify_core::plan::{Claimed, Resolved};
+use etlify_core::adapter::Label;
+use etlify_core::links::{Held, LinkState};
+use etlify_core::plan::{Claimed, Resolved, Wait};
 use pgrx::prelude::*;
 use pgrx::{JsonB, Spi};
 use serde_json::Value;
+use std::collections::HashMap;
 
 /// A mapping with its CRM's settings, as `etlify._work` lists them.
 #[derive(Debug, Clone)]
@@ -110,10 +113,112 @@ pub fn claim(
     });
     if !claimed.is_empty() {
         // read the rows as of now, not as of the transaction's start: the claim
-        // saw keys that later commits enqueued (restricted::fresh_snapshot)
-        restricted::fresh_snapshot(|| fetch(mapping_id, &mut claimed));
+        // saw keys that later commits enqueued (restricted::fresh_snapshot); and
+        // what the records wait for under the snapshot their payloads were read
+        // under (a payload read before its reference had an id is never sent)
+        restricted::fresh_snapshot(|| {
+            let refs = fetch(mapping_id, &mut claimed);
+            if refs.iter().any(Option::is_some) {
+                awaited(mapping_id, &mut claimed, &refs);
+            }
+        });
     }
     claimed
+}
+
+/// The sync dependencies of claimed records (etlify._await): the ones a record
+/// waits for (the plan buffers it, and the referenced record is enqueued), and
+/// its associations. `refs` are the fetch's, one list per claimed record.
+fn awaited(mapping_id: i32, claimed: &mut [Claimed], refs: &[Option<Vec<Option<String>>>]) {
+    let (mut keys, mut positions, mut values) = (Vec::new(), Vec::new(), Vec::new());
+    for (c, r) in claimed.iter().zip(refs) {
+        if let (true, true, Some(r)) = (c.present, c.included, r) {
+            for (i, v) in r.iter().enumerate() {
+                keys.push(c.key.clone());
+                positions.push(i as i32 + 1);
+                values.push(v.clone());
+            }
+        }
+    }
+    if keys.is_empty() {
+        return;
+    }
+    let by_key: HashMap<String, usize> = claimed
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.key.clone(), i))
+        .collect();
+    let (mut blocked_pos, mut blocked_refs) = (Vec::new(), Vec::new());
+    Spi::connect(|client| {
+        let rows = client
+            .select(
+                "SELECT key, position, ref, blocked, reason, to_type, to_id, associate, held_from, held_to \
+                 FROM etlify._await($1, $2, $3, $4)",
+                None,
+                &[
+                    mapping_id.into(),
+                    keys.into(),
+                    positions.into(),
+                    values.into(),
+                ],
+            )
+            .unwrap_or_else(|e| spi_err("looking up sync dependencies", e));
+        for r in rows {
+            let text = |i: usize| r.get::<String>(i).ok().flatten();
+            let (Some(key), Some(position)) = (text(1), r.get::<i32>(2).ok().flatten()) else {
+                continue;
+            };
+            let Some(c) = by_key.get(&key).map(|&i| &mut claimed[i]) else {
+                continue;
+            };
+            let blocked = r.get::<bool>(4).ok().flatten().unwrap_or(false);
+            let reference = text(3);
+            if blocked {
+                if let Some(reference) = &reference {
+                    blocked_pos.push(position);
+                    blocked_refs.push(reference.clone());
+                    if c.waits.is_none() {
+                        c.waits = Some(Wait {
+                            position,
+                            key: reference.clone(),
+                            reason: text(5).unwrap_or_default(),
+                        });
+                    }
+                }
+            }
+            let associate = r.get::<JsonB>(8).ok().flatten().map(|j| j.0);
+            let (held_from, held_to) = (text(9), text(10));
+            if associate.is_some() || held_to.is_some() {
+                c.links.push(LinkState {
+                    position,
+                    to_type: text(6),
+                    want: associate.as_ref().and_then(|_| text(7)),
+                    label: associate.as_ref().and_then(label),
+                    held_from,
+                    held_to,
+                });
+            }
+        }
+    });
+    if !blocked_pos.is_empty() {
+        Spi::connect_mut(|client| {
+            client
+                .update(
+                    "SELECT etlify._enqueue_awaited($1, $2, $3)",
+                    None,
+                    &[mapping_id.into(), blocked_pos.into(), blocked_refs.into()],
+                )
+                .unwrap_or_else(|e| spi_err("enqueueing awaited records", e));
+        });
+    }
+}
+
+/// A labelled association type as etlify.needs stores it (None: the default one).
+fn label(associate: &Value) -> Option<Label> {
+    Some(Label {
+        category: associate.get("category")?.as_str()?.to_string(),
+        type_id: associate.get("type_id")?.as_i64()?,
+    })
 }
 
 /// One row of a mapping's fetch statement (etlify._fetch_sql).
@@ -129,15 +234,16 @@ struct Fetched {
 /// Loads and serializes the claimed rows: one statement for the batch, as the
 /// mapping's owner in a security-restricted operation with the mapping's
 /// search_path (restricted.rs). If the batch fails, row by row in subtransactions,
-/// so that only the rows whose serializer fails are blamed.
-fn fetch(mapping_id: i32, claimed: &mut [Claimed]) {
-    let (owner, search_path, sql) = match plan(mapping_id, false) {
+/// so that only the rows whose serializer fails are blamed. Returns each row's
+/// references (sync dependencies).
+fn fetch(mapping_id: i32, claimed: &mut [Claimed]) -> Vec<Option<Vec<Option<String>>>> {
+    let (owner, search_path, sql, refs_sql) = match plan_with_refs(mapping_id, false) {
         Ok(p) => p,
         Err(problem) => {
             for c in claimed.iter_mut() {
                 blame(c, problem.clone());
             }
-            return;
+            return vec![None; claimed.len()];
         }
     };
     let keys: Vec<String> = claimed.iter().map(|c| c.key.clone()).collect();
@@ -150,18 +256,26 @@ fn fetch(mapping_id: i32, claimed: &mut [Claimed]) {
             restricted::bounded(timeout, || fetch_rows(&sql, keys, max))
         })
     };
-    let rows: Vec<Result<Fetched, String>> =
-        restricted::as_role(owner, &settings, || match run(keys.clone()) {
-            Ok(rows) => rows.into_iter().map(Ok).collect(),
-            Err(_) => keys
-                .iter()
-                .map(|k| {
-                    run(vec![k.clone()])
-                        .map_err(|e| format!("serializer failed: {e}"))
-                        .and_then(|mut rows| rows.pop().ok_or_else(|| "no row".to_string()))
-                })
-                .collect(),
+    let (rows, refs): (Vec<Result<Fetched, String>>, _) =
+        restricted::as_role(owner, &settings, || {
+            let refs = refs_sql.map(|q| load_refs(mapping_id, &q, keys.clone(), timeout));
+            let rows = match run(keys.clone()) {
+                Ok(rows) => rows.into_iter().map(Ok).collect(),
+                Err(_) => keys
+                    .iter()
+                    .map(|k| {
+                        run(vec![k.clone()])
+                            .map_err(|e| format!("serializer failed: {e}"))
+                            .and_then(|mut rows| rows.pop().ok_or_else(|| "no row".to_string()))
+                    })
+                    .collect(),
+            };
+            (rows, refs)
         });
+    let refs = match refs {
+        Some(r) if r.len() == claimed.len() => r,
+        _ => vec![None; claimed.len()],
+    };
     // the statement answers one row per key, in the keys' order: anything else is
     // a bug, and a shifted result would send one row's payload as another's
     if rows.len() != claimed.len() {
@@ -194,16 +308,24 @@ fn fetch(mapping_id: i32, claimed: &mut [Claimed]) {
             Err(e) => blame(c, e),
         }
     }
+    refs
 }
 
 /// How to load and serialize a mapping's rows (etlify._fetch_plan): the owner
 /// to run as, its recorded search_path, and the statement (for claimed keys, or
 /// with `scan` for the whole source); or why it cannot be done.
 pub fn plan(mapping_id: i32, scan: bool) -> Result<(pg_sys::Oid, String, String), String> {
+    plan_with_refs(mapping_id, scan).map(|(owner, path, sql, _)| (owner, path, sql))
+}
+
+/// `plan`, with the statement that loads the references of sync dependencies
+/// (etlify._refs_sql; None when the mapping has none).
+type FetchPlan = (pg_sys::Oid, String, String, Option<String>);
+fn plan_with_refs(mapping_id: i32, scan: bool) -> Result<FetchPlan, String> {
     let plan = Spi::connect(|client| {
         let t = client
             .select(
-                "SELECT owner, search_path, sql, problem FROM etlify._fetch_plan($1, $2)",
+                "SELECT owner, search_path, sql, problem, refs_sql FROM etlify._fetch_plan($1, $2)",
                 None,
                 &[mapping_id.into(), scan.into()],
             )
@@ -215,11 +337,14 @@ pub fn plan(mapping_id: i32, scan: bool) -> Result<(pg_sys::Oid, String, String)
             text(2),
             text(3),
             text(4),
+            text(5),
         )
     });
     match plan {
-        (Some(owner), Some(search_path), Some(sql), None) => Ok((owner, search_path, sql)),
-        (.., problem) => Err(problem.unwrap_or_else(|| "the mapping cannot be loaded".into())),
+        (Some(owner), Some(search_path), Some(sql), None, refs) => {
+            Ok((owner, search_path, sql, refs))
+        }
+        (.., problem, _) => Err(problem.unwrap_or_else(|| "the mapping cannot be loaded".into())),
     }
 }
 
@@ -227,7 +352,7 @@ pub fn plan(mapping_id: i32, scan: bool) -> Result<(pg_sys::Oid, String, String)
 /// re-check), the way a claim does.
 pub fn load(mapping_id: i32, records: &mut [Claimed]) {
     if !records.is_empty() {
-        restricted::fresh_snapshot(|| fetch(mapping_id, records));
+        restricted::fresh_snapshot(|| drop(fetch(mapping_id, records)));
     }
 }
 
@@ -237,6 +362,34 @@ fn blame(c: &mut Claimed, error: String) {
     c.present = true;
     c.included = true;
     c.error = Some(error);
+}
+
+/// The keys each of `keys`' rows references (etlify._refs_sql), in `keys`' order:
+/// none for a row that is gone. If they cannot be loaded (a lock, a timeout), no
+/// record of the batch waits, and a warning says why: the serializer decides.
+fn load_refs(
+    mapping_id: i32,
+    sql: &str,
+    keys: Vec<String>,
+    timeout: i32,
+) -> Vec<Option<Vec<Option<String>>>> {
+    let loaded = restricted::in_subtransaction(|| {
+        restricted::bounded(timeout, || {
+            Spi::connect(|client| {
+                client
+                    .select(sql, None, &[keys.into()])
+                    .map(|rows| {
+                        rows.map(|r| r.get::<Vec<Option<String>>>(2).ok().flatten())
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_else(|e| pgrx::error!("{e}"))
+            })
+        })
+    });
+    loaded.unwrap_or_else(|e| {
+        pgrx::warning!("etlify: mapping {mapping_id}: references not loaded: {e}");
+        Vec::new()
+    })
 }
 
 fn fetch_rows(sql: &str, keys: Vec<String>, max_payload: i64) -> Vec<Fetched> {
@@ -270,6 +423,32 @@ pub fn record(mapping_id: i32, claimer: Option<&str>, results: &[Resolved]) {
                 &[mapping_id.into(), claimer.into(), JsonB(json).into()],
             )
             .unwrap_or_else(|e| spi_err("recording results", e));
+    })
+}
+
+/// The associations a batch made or removed (etlify._linked).
+pub fn linked(mapping_id: i32, held: &[Held]) {
+    if held.is_empty() {
+        return;
+    }
+    let json = Value::Array(held.iter().map(Held::to_json).collect());
+    Spi::connect_mut(|client| {
+        client
+            .update(
+                "SELECT etlify._linked($1, $2)",
+                None,
+                &[mapping_id.into(), JsonB(json).into()],
+            )
+            .unwrap_or_else(|e| spi_err("recording associations", e));
+    })
+}
+
+/// Makes the buffered records whose wait is over dirty again (etlify._release_buffered).
+pub fn release_buffered() {
+    Spi::connect_mut(|client| {
+        client
+            .update("SELECT etlify._release_buffered()", None, &[])
+            .unwrap_or_else(|e| spi_err("releasing buffered records", e));
     })
 }
 
