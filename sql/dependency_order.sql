@@ -1,8 +1,7 @@
 -- Dependency order: sync_dependencies (see etlify.needs in bootstrap.sql).
 --
 -- A record is sent only once every record it references has a CRM id. The drain
--- loads the references with the payload (the fetch statement's `refs`, spelled by
--- etlify._spell), asks etlify._await which of them block, holds those records back
+-- loads the references of the claimed rows (etlify._refs_sql), asks etlify._await which of them block, holds those records back
 -- as `buffered`, and releases them (etlify._release) when the record they wait for
 -- syncs. Mappings are drained referenced first (etlify._work's order), so that a
 -- record and the one it needs, both pending, go out in the same round.
@@ -178,7 +177,8 @@ $$;
 -- row per key in the order given, with the keys it references, one per sync
 -- dependency in position order, spelled canonically (NULL: no reference, or no
 -- row). Run like the fetch statement (etlify._fetch_sql), as the mapping's owner,
--- and apart from it: a record waits whether or not its serializer can run yet.
+-- but under the settings keys are spelled under (src/keys.rs), and apart from
+-- it: a record waits whether or not its serializer can run yet.
 -- NULL when the mapping has no sync dependencies.
 CREATE FUNCTION etlify._refs_sql(p_mapping etlify.mappings) RETURNS text
 LANGUAGE sql STABLE
@@ -190,7 +190,7 @@ AS $$
         'LEFT JOIN %2$s %3$s t ON t.%1$I OPERATOR(pg_catalog.=) k._etlify_key::%5$s '
         'ORDER BY k._etlify_ord',
         p_mapping.key_column, etlify._only(p_mapping.source), p_mapping.source,
-        string_agg(format('etlify._spell(t.%I)', n.source_col), ', ' ORDER BY n.position),
+        string_agg(format('t.%I::pg_catalog.text', n.source_col), ', ' ORDER BY n.position),
         p_mapping.key_type)
       FROM etlify.needs n WHERE n.mapping_id = p_mapping.id
     HAVING count(*) > 0;

@@ -17,7 +17,7 @@ DECLARE
 BEGIN
     SELECT array_agg(m.old),
            array_agg(ROW(p_mapping, m.new, rec.state, rec.crm_id, rec.digest, rec.last_synced_at,
-                         rec.error_count, rec.last_error, now())::etlify.records)
+                         rec.error_count, rec.last_error, now(), rec.waits_position, rec.waits_key)::etlify.records)
       INTO v_from, v_moved
       FROM unnest(p_old, p_new) AS m(old, new)
       JOIN etlify.records rec ON rec.mapping_id = p_mapping AND rec.key = m.old
@@ -31,6 +31,19 @@ BEGIN
      WHERE rec.mapping_id = p_mapping
        AND (rec.key = ANY (v_from) OR rec.key IN (SELECT x.key FROM unnest(v_moved) x));
     INSERT INTO etlify.records SELECT * FROM unnest(v_moved);
+    -- the associations etlify made belong to the object, and move with it
+    IF EXISTS (SELECT 1 FROM etlify.links l WHERE l.mapping_id = p_mapping) THEN
+        WITH gone AS (
+            DELETE FROM etlify.links l
+             WHERE l.mapping_id = p_mapping
+               AND (l.key = ANY (v_from) OR l.key IN (SELECT x.key FROM unnest(v_moved) x))
+            RETURNING l.*
+        )
+        INSERT INTO etlify.links (mapping_id, key, position, from_id, to_id)
+        SELECT g.mapping_id, m.new, g.position, g.from_id, g.to_id
+          FROM gone g JOIN unnest(p_old, p_new) AS m(old, new) ON m.old = g.key
+         WHERE m.old = ANY (v_from);
+    END IF;
     -- an old key that no row took over shows as deleted: its row moved away (and a
     -- parked state went with the record, so its queue row is drained again)
     INSERT INTO etlify.records (mapping_id, key, state, last_synced_at)
@@ -935,8 +948,6 @@ $$;
 -- for etlify_admin; internal functions are called by the API functions, which run
 -- as the extension's owner, and by the worker.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA etlify FROM PUBLIC;
--- every owner's fetch statement spells the references with it (src/keys.rs)
-GRANT EXECUTE ON FUNCTION etlify._spell TO PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA etlify FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION etlify.register_crm, etlify.sync_table, etlify.unsync_table, etlify.sync,
     etlify.delete, etlify.enqueue, etlify.drain, etlify.sync_stale, etlify.reset_errors, etlify.crm_id,

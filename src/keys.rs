@@ -99,19 +99,6 @@ fn _canonical_key(key_type: pg_sys::Oid, key: &str) -> String {
     }
 }
 
-/// A value spelled as a key is: the text a sync dependency's reference is compared
-/// with the referenced record's key by (sql/dependency_order.sql). Called in the
-/// fetch statement, as the mapping's owner, under any session settings.
-#[pg_extern(stable, strict, parallel_safe)]
-fn _spell(value: pgrx::AnyElement) -> String {
-    // SAFETY: a catalog lookup and the type's output function on a valid datum of
-    // that type, inside a transaction.
-    unsafe {
-        let output = Output::of_type(value.oid());
-        spelled(value.oid(), || output.spell(value.datum()))
-    }
-}
-
 /// A table's name as `search_path` shows it (qualified unless visible there), for
 /// results a caller reads. Only regclass's output function runs under that path.
 #[pg_extern(stable, parallel_safe)]

@@ -1,8 +1,11 @@
 //! The HubSpot adapter over real HTTP, against a tiny scripted server on 127.0.0.1:
-//! headers and JSON on the wire, keep-alive, timeouts, pacing, secret masking.
-//! (The full mock CRM lives in mock/; these tests only need canned answers.)
+//! headers and JSON on the wire, keep-alive, timeouts, pacing, secret masking. The
+//! association tests at the end run against the full mock CRM (mock/) instead: HubSpot
+//! only links objects that exist, which canned answers cannot check.
 
-use etlify_core::adapter::{build, CrmAdapter, CrmSettings, Delete, Outcome, Upsert};
+use etlify_core::adapter::{
+    build, CrmAdapter, CrmSettings, Delete, Label, Link, Outcome, Report, Upsert,
+};
 use etlify_core::http::{Pacer, RateLimitHeaders, Unpaced};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -553,4 +556,301 @@ fn keep_alive_requests_do_not_stall_on_delayed_acks() {
         "a new connection was opened"
     );
     assert_eq!(server.unused_answers(), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Associations, against the full mock CRM (objects must exist for HubSpot to link them).
+
+/// The mock, and a client for its API and `/__mock` endpoints.
+struct Mock {
+    server: etlify_mock::MockServer,
+    agent: ureq::Agent,
+}
+
+impl Mock {
+    fn start() -> Mock {
+        let server = etlify_mock::MockServer::start(etlify_mock::Config {
+            token: Some(SECRET.into()),
+            ..etlify_mock::Config::default()
+        })
+        .unwrap();
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Mock { server, agent }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("{}{path}", self.server.url());
+        let auth = format!("Bearer {SECRET}");
+        let response = match (method, body) {
+            ("GET", _) => self.agent.get(&url).header("authorization", &auth).call(),
+            (m, body) => {
+                let body = body.unwrap_or(json!({})).to_string();
+                let request = match m {
+                    "PUT" => self.agent.put(&url),
+                    _ => self.agent.post(&url),
+                };
+                request
+                    .header("authorization", &auth)
+                    .content_type("application/json")
+                    .send(body.as_bytes())
+            }
+        };
+        let mut response = response.unwrap();
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Creates `n` objects of `object_type`; their ids.
+    fn create(&self, object_type: &str, n: usize) -> Vec<String> {
+        let inputs: Vec<Value> = (0..n)
+            .map(|i| json!({"properties": {"name": format!("{object_type} {i}")}}))
+            .collect();
+        let (status, body) = self.call(
+            "POST",
+            &format!("/crm/v3/objects/{object_type}/batch/create"),
+            Some(json!({ "inputs": inputs })),
+        );
+        assert_eq!(status, 201, "{body}");
+        body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// What the mock holds from `from`'s side: (from, to, type ids).
+    fn associations(&self, from: &str, to: &str) -> Vec<(String, String, Vec<i64>)> {
+        let (_, body) = self.call("GET", &format!("/__mock/associations/{from}/{to}"), None);
+        body.as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                let types = a["types"].as_array().unwrap().iter();
+                (
+                    a["from"].as_str().unwrap().to_owned(),
+                    a["to"].as_str().unwrap().to_owned(),
+                    types.map(|t| t["type_id"].as_i64().unwrap()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    fn faults(&self, faults: Value) {
+        assert_eq!(self.call("PUT", "/__mock/faults", Some(faults)).0, 200);
+    }
+
+    fn adapter(&self) -> Box<dyn CrmAdapter> {
+        hubspot(&self.server.url(), json!({}), Box::new(Unpaced))
+    }
+}
+
+fn link(key: &str, from: &str, to: &str, label: Option<i64>) -> Link {
+    Link {
+        key: key.into(),
+        from_id: from.into(),
+        to_id: to.into(),
+        label: label.map(|type_id| Label {
+            category: "HUBSPOT_DEFINED".into(),
+            type_id,
+        }),
+    }
+}
+
+fn synced(id: &str) -> Outcome {
+    Outcome::Synced { crm_id: id.into() }
+}
+
+fn triple(from: &str, to: &str, types: &[i64]) -> (String, String, Vec<i64>) {
+    (from.into(), to.into(), types.to_vec())
+}
+
+/// (operation, records, status) of each request.
+fn log(report: &Report) -> Vec<(&str, usize, Option<u16>)> {
+    report
+        .requests
+        .iter()
+        .map(|r| (r.operation.as_str(), r.records, r.http_status))
+        .collect()
+}
+
+#[test]
+fn associate_default_and_labelled_then_dissociate() {
+    let mock = Mock::start();
+    let deals = mock.create("deals", 2);
+    let companies = mock.create("companies", 2);
+    let mut adapter = mock.adapter();
+    let links = [
+        link("a", &deals[0], &companies[0], None),
+        link("b", &deals[0], &companies[1], Some(5)),
+        link("c", &deals[1], &companies[0], None),
+    ];
+    let report = adapter.associate("deals", "companies", &links);
+    let outcomes: Vec<_> = report
+        .outcomes
+        .iter()
+        .map(|(k, o)| (k.as_str(), o.clone()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("a", synced(&companies[0])),
+            ("b", synced(&companies[1])),
+            ("c", synced(&companies[0]))
+        ]
+    );
+    assert_eq!(
+        log(&report),
+        [
+            ("associations/batch/associate/default", 2, Some(200)),
+            ("associations/batch/create", 1, Some(200))
+        ]
+    );
+    assert!(report.requests.iter().all(|r| r.error.is_none()));
+    assert_eq!(report.pause, None);
+    assert_eq!(
+        mock.associations("deals", "companies"),
+        [
+            triple(&deals[0], &companies[0], &[341]),
+            triple(&deals[0], &companies[1], &[5, 341]),
+            triple(&deals[1], &companies[0], &[341]),
+        ]
+    );
+    // Seen from the other side, as HubSpot's associations are.
+    assert_eq!(
+        mock.associations("companies", "deals")[0],
+        triple(&companies[0], &deals[0], &[342])
+    );
+
+    // Removing: every type between the pair goes; a pair never linked is removed too.
+    let unlink = [
+        link("b", &deals[0], &companies[1], Some(5)),
+        link("c", &deals[1], &companies[0], None),
+        link("d", &deals[1], &companies[1], None),
+    ];
+    let report = adapter.dissociate("deals", "companies", &unlink);
+    assert!(
+        report.outcomes.iter().all(|(_, o)| *o == Outcome::Deleted),
+        "{report:?}"
+    );
+    assert_eq!(log(&report), [("associations/batch/archive", 3, Some(204))]);
+    assert_eq!(
+        mock.associations("deals", "companies"),
+        [triple(&deals[0], &companies[0], &[341])]
+    );
+    let (_, requests) = mock.call("GET", "/__mock/requests", None);
+    let paths: Vec<&str> = requests["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .filter(|p| p.starts_with("/crm/v4"))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/crm/v4/associations/deals/companies/batch/associate/default",
+            "/crm/v4/associations/deals/companies/batch/create",
+            "/crm/v4/associations/deals/companies/batch/archive",
+        ]
+    );
+}
+
+#[test]
+fn an_unknown_object_fails_only_its_links() {
+    let mock = Mock::start();
+    let deals = mock.create("deals", 1);
+    let companies = mock.create("companies", 1);
+    let mut adapter = mock.adapter();
+    let links = [
+        link("ghost", "31337", &companies[0], None),
+        link("real", &deals[0], &companies[0], None),
+        link("ghost-labelled", "31337", &companies[0], Some(5)),
+    ];
+    let report = adapter.associate("deals", "companies", &links);
+    let Outcome::Failed { error } = &report.outcomes[0].1 else {
+        panic!("{report:?}")
+    };
+    assert!(
+        error.starts_with("OBJECT_NOT_FOUND: Could not get some DEALS objects"),
+        "{error}"
+    );
+    assert_eq!(report.outcomes[1].1, synced(&companies[0]));
+    assert!(matches!(report.outcomes[2].1, Outcome::Failed { .. }));
+    assert_eq!(
+        log(&report),
+        [
+            ("associations/batch/associate/default", 2, Some(207)),
+            ("associations/batch/create", 1, Some(207))
+        ]
+    );
+    assert!(report.requests[0]
+        .error
+        .as_deref()
+        .unwrap()
+        .starts_with("HTTP 207: 1 of 2 records not applied"));
+    assert_eq!(report.pause, None, "the record's fault, not the CRM's");
+    // A link without an object id never leaves the adapter.
+    let report = adapter.associate("deals", "companies", &[link("x", &deals[0], " ", None)]);
+    assert_eq!(
+        report.outcomes[0].1,
+        Outcome::Failed {
+            error: "the link has no to object id".into()
+        }
+    );
+    assert!(report.requests.is_empty());
+}
+
+#[test]
+fn a_429_with_retry_after_pauses_the_associations() {
+    let mock = Mock::start();
+    let deals = mock.create("deals", 1);
+    let companies = mock.create("companies", 1);
+    mock.faults(
+        json!({"operations": ["associations"], "fail_next": [{"status": 429, "retry_after": 7}]}),
+    );
+    let mut adapter = mock.adapter();
+    let links = [
+        link("a", &deals[0], &companies[0], None),
+        link("b", &deals[0], &companies[0], Some(5)),
+    ];
+    let report = adapter.associate("deals", "companies", &links);
+    assert!(
+        retry_error(&report.outcomes[0].1).starts_with("HTTP 429: RATE_LIMIT"),
+        "{report:?}"
+    );
+    assert_eq!(
+        retry_error(&report.outcomes[1].1),
+        "not sent: the CRM asked to pause"
+    );
+    assert_eq!(report.pause, Some(Duration::from_secs(7)));
+    assert_eq!(
+        log(&report),
+        [("associations/batch/associate/default", 1, Some(429))]
+    );
+    assert!(mock.associations("deals", "companies").is_empty());
+}
+
+#[test]
+fn server_errors_are_retried_for_links() {
+    let mock = Mock::start();
+    let deals = mock.create("deals", 1);
+    let companies = mock.create("companies", 1);
+    mock.faults(json!({"fail_next": [{"status": 503}, {"status": 500, "retry_after": 2}]}));
+    let mut adapter = mock.adapter();
+    let links = [link("a", &deals[0], &companies[0], None)];
+    let report = adapter.associate("deals", "companies", &links);
+    assert!(retry_error(&report.outcomes[0].1).starts_with("HTTP 503"));
+    assert_eq!(report.pause, Some(Duration::from_secs(1)));
+    let report = adapter.dissociate("deals", "companies", &links);
+    assert!(retry_error(&report.outcomes[0].1).starts_with("HTTP 500"));
+    assert_eq!(report.pause, Some(Duration::from_secs(2)));
+    assert_eq!(log(&report), [("associations/batch/archive", 1, Some(500))]);
+    // Once the CRM is back, the same call goes through.
+    let report = adapter.associate("deals", "companies", &links);
+    assert_eq!(report.outcomes[0].1, synced(&companies[0]));
 }

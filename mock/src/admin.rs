@@ -1,6 +1,7 @@
 //! `/__mock/*`: unauthenticated control and inspection endpoints for tests and benchmarks.
 //! Not part of HubSpot's API and never logged or rate-limited.
 
+use crate::association_store::{canonical_type, AssocType};
 use crate::faults::FaultConfig;
 use crate::query::Query;
 use crate::render;
@@ -57,6 +58,36 @@ pub async fn objects(
     };
     drop(store);
     respond(200, body, None, None)
+}
+
+/// `GET /__mock/associations/{from}/{to}`: every association from → to as seen from
+/// `from`'s side (types of that direction), sorted by (from, to) id.
+pub async fn associations(
+    State(app): State<Arc<App>>,
+    Path((from, to)): Path<(String, String)>,
+) -> Response {
+    #[derive(serde::Serialize)]
+    struct Entry {
+        from: String,
+        to: String,
+        types: Vec<AssocType>,
+    }
+    let (from, to) = (canonical_type(&from), canonical_type(&to));
+    let all = lock(&app.store).associations.all(&from, &to);
+    let entries: Vec<Entry> = all
+        .into_iter()
+        .map(|(from, to, types)| Entry {
+            from: from.to_string(),
+            to: to.to_string(),
+            types: types.into_iter().collect(),
+        })
+        .collect();
+    respond(
+        200,
+        serde_json::to_vec(&entries).expect("in-memory write"),
+        None,
+        None,
+    )
 }
 
 /// `GET /__mock/requests[?since=SEQ]`: completed API requests in arrival order.

@@ -1,5 +1,6 @@
 //! Batch calls (`/crm/v3/objects/{t}/batch/{op}`): at most 100 inputs, one store lock per
 //! batch, and per-input failures reported HubSpot's way (207 with `errors[].context.ids`).
+//! The response and error shapes are shared with the v4 association batches.
 
 use crate::clock::{now_ms, Iso};
 use crate::errors::{self, ApiError};
@@ -29,14 +30,34 @@ struct ErrContext {
 
 /// One failed input, as an entry of the batch response's `errors`.
 #[derive(serde::Serialize)]
-struct ErrEntry {
+pub(crate) struct ErrEntry {
     status: &'static str,
-    category: &'static str,
-    message: String,
+    pub(crate) category: &'static str,
+    pub(crate) message: String,
     context: ErrContext,
 }
 
-fn input_error(
+impl ErrEntry {
+    /// The same error as a single-object call answers it (404 for a missing object).
+    pub(crate) fn into_api_error(self) -> ApiError {
+        let status = if self.category == "OBJECT_NOT_FOUND" {
+            404
+        } else {
+            400
+        };
+        match self.context.ids {
+            Some(ids) => errors::error_with_context(
+                status,
+                self.category,
+                self.message,
+                serde_json::json!({ "ids": ids }),
+            ),
+            None => errors::error(status, self.category, self.message),
+        }
+    }
+}
+
+pub(crate) fn input_error(
     category: &'static str,
     message: String,
     id: Option<&str>,
@@ -74,9 +95,9 @@ impl Serialize for Results<'_> {
 
 #[derive(serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-struct BatchResponse<'a> {
+struct BatchResponse<'a, R> {
     status: &'static str,
-    results: Results<'a>,
+    results: R,
     #[serde(skip_serializing_if = "Option::is_none")]
     num_errors: Option<usize>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
@@ -85,7 +106,30 @@ struct BatchResponse<'a> {
     completed_at: String,
 }
 
-/// 200/201 when every input succeeded, else 207 (even if none did) with per-input errors.
+/// A batch answer, HubSpot's way for every batch endpoint (v3 objects, v4 associations):
+/// `ok_status` when every input succeeded, else 207 (even if none did) with per-input
+/// errors.
+pub(crate) fn complete<R: serde::Serialize>(
+    results: R,
+    errors: &[ErrEntry],
+    started_ms: i64,
+    ok_status: u16,
+    inputs: usize,
+) -> Reply {
+    let resp = BatchResponse {
+        status: "COMPLETE",
+        results,
+        num_errors: (!errors.is_empty()).then_some(errors.len()),
+        errors,
+        started_at: Iso(started_ms).to_string(),
+        completed_at: Iso(now_ms()).to_string(),
+    };
+    let mut out = Vec::with_capacity(512 * inputs + 256);
+    serde_json::to_writer(&mut out, &resp).expect("in-memory write");
+    let status = if errors.is_empty() { ok_status } else { 207 };
+    Reply::ok(status, out, inputs)
+}
+
 fn batch_reply(
     ts: &TypeStore,
     done: &[Done],
@@ -95,18 +139,15 @@ fn batch_reply(
     ok_status: u16,
     inputs: usize,
 ) -> Reply {
-    let resp = BatchResponse {
-        status: "COMPLETE",
-        results: Results { ts, done, props },
-        num_errors: (!errors.is_empty()).then_some(errors.len()),
-        errors,
-        started_at: Iso(started_ms).to_string(),
-        completed_at: Iso(now_ms()).to_string(),
-    };
-    let mut out = Vec::with_capacity(512 * done.len() + 256);
-    serde_json::to_writer(&mut out, &resp).expect("in-memory write");
-    let status = if errors.is_empty() { ok_status } else { 207 };
-    Reply::ok(status, out, inputs)
+    let results = Results { ts, done, props };
+    complete(results, errors, started_ms, ok_status, inputs)
+}
+
+/// HubSpot's answer to a batch over its endpoint's cap.
+pub(crate) fn too_many_inputs(max: usize) -> ApiError {
+    errors::validation(format!(
+        "The maximum number of inputs supported in a batch is {max}. Please reduce the number of items and try again"
+    ))
 }
 
 fn duplicate_ids(dup: &str) -> ApiError {
@@ -115,10 +156,13 @@ fn duplicate_ids(dup: &str) -> ApiError {
     ))
 }
 
-/// First id value sent twice in one batch (compared the way lookups compare them).
 /// An input's id, or None after recording why it cannot be used (missing, or a
 /// scripted failure for it).
-fn usable_id<'a>(ctx: &Ctx, id: Option<&'a str>, errors: &mut Vec<ErrEntry>) -> Option<&'a str> {
+pub(crate) fn usable_id<'a>(
+    ctx: &Ctx,
+    id: Option<&'a str>,
+    errors: &mut Vec<ErrEntry>,
+) -> Option<&'a str> {
     let Some(id) = id else {
         errors.push(input_error(
             "VALIDATION_ERROR",
@@ -135,6 +179,15 @@ fn usable_id<'a>(ctx: &Ctx, id: Option<&'a str>, errors: &mut Vec<ErrEntry>) -> 
     Some(id)
 }
 
+/// The message of a batch's OBJECT_NOT_FOUND entries.
+pub(crate) fn missing_objects(object_type: &str) -> String {
+    format!(
+        "Could not get some {} objects, they may be deleted or not exist. Check that ids are valid.",
+        object_type.to_ascii_uppercase()
+    )
+}
+
+/// First id value sent twice in one batch (compared the way lookups compare them).
 fn first_duplicate<'a>(keys: impl Iterator<Item = (Option<&'a str>, &'a str)>) -> Option<&'a str> {
     let mut seen = HashSet::new();
     for (prop, v) in keys {
@@ -156,12 +209,7 @@ pub fn batch(ctx: &Ctx, op: BatchOp, body: &[u8]) -> Reply {
     };
     let n = b.inputs.len();
     if n > MAX_BATCH_INPUTS {
-        return Reply::err(
-            errors::validation(
-                "The maximum number of inputs supported in a batch is 100. Please reduce the number of items and try again",
-            ),
-            n,
-        );
+        return Reply::err(too_many_inputs(MAX_BATCH_INPUTS), n);
     }
     let started = now_ms();
     match op {
@@ -269,10 +317,7 @@ fn batch_read(ctx: &Ctx, b: BatchBody, started: i64) -> Reply {
             }),
             None => errors.push(input_error(
                 "OBJECT_NOT_FOUND",
-                format!(
-                    "Could not get some {} objects, they may be deleted or not exist. Check that ids are valid.",
-                    ctx.object_type.to_ascii_uppercase()
-                ),
+                missing_objects(ctx.object_type),
                 Some(id),
                 None,
             )),
@@ -471,22 +516,22 @@ fn batch_archive(ctx: &Ctx, b: BatchBody, started: i64) -> Reply {
         return Reply::err(duplicate_ids(d), n);
     }
     let mut errors = Vec::new();
+    let t = ctx.object_type;
     let mut store = ctx.store();
-    let ts = store.type_mut(ctx.object_type);
     if let Some(p) = id_prop {
-        ts.ensure_unique(p);
+        store.type_mut(t).ensure_unique(p);
     }
     let now = now_ms();
     for id in &ids {
         let Some(id) = usable_id(ctx, id.as_deref(), &mut errors) else {
             continue;
         };
-        if let Some(oid) = ts.find(id_prop, id) {
-            ts.archive(oid, now);
+        if let Some(oid) = store.type_mut(t).find(id_prop, id) {
+            store.archive(t, oid, now);
         }
     }
     if errors.is_empty() {
         return Reply::ok(204, Vec::new(), n);
     }
-    batch_reply(ts, &[], &errors, None, started, 200, n)
+    batch_reply(store.type_mut(t), &[], &errors, None, started, 200, n)
 }

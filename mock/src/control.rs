@@ -105,18 +105,25 @@ impl Control {
     }
 
     /// Order matters and mirrors the real service: routing, then auth, then the rate limit,
-    /// then (for our tests) scripted faults.
+    /// then (for our tests) scripted faults, for the operations they target. `operation`
+    /// is None for a request no route matched.
     pub fn admit(
         &mut self,
         method: Method,
         path: String,
         kind: Kind,
+        operation: Option<&str>,
         authed: bool,
         received_at_us: i64,
     ) -> Admission {
         let seq = self.log.start(method, path, received_at_us);
         self.total_requests += 1;
-        let delay = Duration::from_millis(self.faults.delay_ms());
+        let targeted = self.faults.targets(operation);
+        let delay = if targeted {
+            Duration::from_millis(self.faults.delay_ms())
+        } else {
+            Duration::ZERO
+        };
         let mut adm = Admission {
             seq,
             outcome: Outcome::Proceed,
@@ -127,6 +134,7 @@ impl Control {
         if kind == Kind::Unrouted || !authed {
             return adm;
         }
+        // The rate limit is the portal's, whatever `operations` the faults target.
         if kind == Kind::Counted {
             match self.limiter.admit(self.limit(), Instant::now()) {
                 Ok(h) => adm.rate = Some(h),
@@ -139,6 +147,9 @@ impl Control {
                     return adm;
                 }
             }
+        }
+        if !targeted {
+            return adm;
         }
         if let Some(f) = self.fail_next.pop_front() {
             adm.outcome = Outcome::Reject {

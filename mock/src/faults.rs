@@ -1,6 +1,12 @@
 //! Fault-injection configuration, set with `PUT /__mock/faults`. A PUT replaces the whole
 //! config, so tests never inherit a half-cleared state from an earlier one.
+//!
+//! `operations` narrows every fault but `rate_limit` to some requests: an entry is an
+//! operation name from `hubspot::OPERATIONS` (`batch/upsert`, `associations/batch/create`,
+//! …) or a group of them (`batch`, `associations`, `associations/batch`). Without it the
+//! faults hit every API request.
 
+use crate::hubspot::OPERATIONS;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -21,6 +27,8 @@ pub struct FaultConfig {
     pub rate_limit: Option<RateLimitSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hang_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operations: Option<Vec<String>>,
 }
 
 /// One scripted whole-request failure.
@@ -78,7 +86,33 @@ impl FaultConfig {
                 return Err("rate_limit.interval_ms must be > 0".into());
             }
         }
+        if let Some(ops) = &self.operations {
+            if ops.is_empty() {
+                return Err(
+                    "operations must not be empty (leave it out to target every request)".into(),
+                );
+            }
+            // Like unknown fields: a misspelt operation would silently disable the faults.
+            for entry in ops {
+                if !OPERATIONS.iter().any(|op| selects(entry, op)) {
+                    return Err(format!(
+                        "operations: unknown operation '{entry}' (expected one of: {}, or a group such as 'batch' or 'associations')",
+                        OPERATIONS.join(", ")
+                    ));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Whether the faults apply to a request of `operation` (None: no route matched).
+    pub fn targets(&self, operation: Option<&str>) -> bool {
+        match &self.operations {
+            None => true,
+            Some(entries) => {
+                operation.is_some_and(|op| entries.iter().any(|entry| selects(entry, op)))
+            }
+        }
     }
 
     /// Total artificial latency; `hang_ms` is the same mechanism, named for intent.
@@ -87,6 +121,13 @@ impl FaultConfig {
             .unwrap_or(0)
             .saturating_add(self.hang_ms.unwrap_or(0))
     }
+}
+
+/// `entry` names `op` itself or a group it belongs to (`associations` selects
+/// `associations/batch/create`, not `associationsfoo`).
+fn selects(entry: &str, op: &str) -> bool {
+    op.strip_prefix(entry)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 #[cfg(test)]
@@ -108,5 +149,35 @@ mod tests {
         assert!(bad.validate().is_err());
         let null: FaultConfig = serde_json::from_str(r#"{"rate_limit":null}"#).unwrap();
         assert_eq!(null, FaultConfig::default());
+    }
+
+    #[test]
+    fn operations_select_names_and_groups() {
+        let c = |ops: &[&str]| FaultConfig {
+            operations: Some(ops.iter().map(|s| s.to_string()).collect()),
+            ..FaultConfig::default()
+        };
+        assert!(FaultConfig::default().targets(None));
+        assert!(FaultConfig::default().targets(Some("batch/upsert")));
+        let assoc = c(&["associations"]);
+        assoc.validate().unwrap();
+        assert!(assoc.targets(Some("associations/batch/create")));
+        assert!(assoc.targets(Some("associations/default")));
+        assert!(!assoc.targets(Some("batch/upsert")));
+        assert!(!assoc.targets(None));
+        let two = c(&["batch/upsert", "associations/batch/archive"]);
+        two.validate().unwrap();
+        assert!(two.targets(Some("batch/upsert")));
+        assert!(!two.targets(Some("batch/update")));
+        assert!(!two.targets(Some("associations/batch/create")));
+        assert!(c(&["batch"]).targets(Some("batch/archive")));
+        for bad in [
+            &["association"][..],
+            &["batch/"],
+            &["associations/batch/associate/defaults"],
+            &[],
+        ] {
+            assert!(c(bad).validate().is_err(), "{bad:?}");
+        }
     }
 }

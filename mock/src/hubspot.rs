@@ -1,7 +1,9 @@
 //! The HubSpot CRM v3 objects API: routing, request-body parsing and the single-object calls
-//! (batch calls are in `batch.rs`, search in `search.rs`). Handlers are synchronous: they parse and validate outside the store lock, then take it
+//! (batch calls are in `batch.rs`, search in `search.rs`, the v4 associations in
+//! `associations.rs`). Handlers are synchronous: they parse and validate outside the store lock, then take it
 //! once per request for the lookups, writes and response rendering.
 
+use crate::associations::AssocOp;
 use crate::clock::now_ms;
 use crate::errors::{self, ApiError};
 use crate::query::{percent_decode, Query};
@@ -35,6 +37,50 @@ pub enum Op {
     Archive(String),
     Batch(BatchOp),
     Search,
+    /// v4; the route's object type is the `from` type.
+    Associations(AssocOp),
+}
+
+/// Every operation's name, as the fault config's `operations` targets them.
+pub const OPERATIONS: [&str; 16] = [
+    "list",
+    "create",
+    "read",
+    "update",
+    "archive",
+    "search",
+    "batch/create",
+    "batch/read",
+    "batch/update",
+    "batch/upsert",
+    "batch/archive",
+    "associations/batch/associate/default",
+    "associations/batch/create",
+    "associations/batch/archive",
+    "associations/batch/read",
+    "associations/default",
+];
+
+impl Op {
+    /// One of [`OPERATIONS`].
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::List => "list",
+            Op::Create => "create",
+            Op::Read(_) => "read",
+            Op::Update(_) => "update",
+            Op::Archive(_) => "archive",
+            Op::Search => "search",
+            Op::Batch(op) => match op {
+                BatchOp::Create => "batch/create",
+                BatchOp::Read => "batch/read",
+                BatchOp::Update => "batch/update",
+                BatchOp::Upsert => "batch/upsert",
+                BatchOp::Archive => "batch/archive",
+            },
+            Op::Associations(op) => op.name(),
+        }
+    }
 }
 
 #[derive(Debug, PartialEq)]
@@ -43,9 +89,12 @@ pub enum RouteError {
     MethodNotAllowed,
 }
 
-/// Maps `/crm/v3/objects/{t}[/...]` to an operation.
+/// Maps `/crm/v3/objects/{t}[/...]` (and the v4 association paths) to an operation.
 pub fn route<'a>(method: &Method, path: &'a str) -> Result<(&'a str, Op), RouteError> {
     use RouteError::*;
+    if path.starts_with("/crm/v4/") {
+        return crate::associations::route(method, path);
+    }
     let rest = path.strip_prefix("/crm/v3/objects/").ok_or(NotFound)?;
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     let mut segs = rest.split('/');
@@ -148,6 +197,7 @@ pub fn handle(ctx: &Ctx, op: Op, body: &[u8]) -> Reply {
             Err(e) => Reply::err(e, 0),
         },
         Op::Batch(op) => crate::batch::batch(ctx, op, body),
+        Op::Associations(op) => crate::associations::handle(ctx, op, body),
     }
 }
 
@@ -424,7 +474,7 @@ fn single_archive(ctx: &Ctx, id: &str) -> Reply {
         ts.ensure_unique(p);
     }
     if let Some(oid) = ts.find(id_prop, id) {
-        ts.archive(oid, now_ms());
+        store.archive(ctx.object_type, oid, now_ms());
     }
     Reply::ok(204, Vec::new(), 1)
 }
@@ -478,6 +528,43 @@ mod tests {
             r(Method::GET, "/crm/v3/objects/"),
             Err(RouteError::NotFound)
         );
+    }
+
+    #[test]
+    fn every_operation_has_a_listed_name() {
+        let ops = [
+            Op::List,
+            Op::Create,
+            Op::Read("1".into()),
+            Op::Update("1".into()),
+            Op::Archive("1".into()),
+            Op::Search,
+            Op::Batch(BatchOp::Create),
+            Op::Batch(BatchOp::Read),
+            Op::Batch(BatchOp::Update),
+            Op::Batch(BatchOp::Upsert),
+            Op::Batch(BatchOp::Archive),
+        ];
+        let assoc = [
+            "/crm/v4/associations/deals/companies/batch/associate/default",
+            "/crm/v4/associations/deals/companies/batch/create",
+            "/crm/v4/associations/deals/companies/batch/archive",
+            "/crm/v4/associations/deals/companies/batch/read",
+        ]
+        .map(|p| route(&Method::POST, p).unwrap().1);
+        let single = route(
+            &Method::PUT,
+            "/crm/v4/objects/deals/1/associations/default/companies/2",
+        )
+        .unwrap()
+        .1;
+        let names: Vec<&str> = ops
+            .iter()
+            .chain(&assoc)
+            .chain([&single])
+            .map(Op::name)
+            .collect();
+        assert_eq!(names, OPERATIONS);
     }
 
     #[test]

@@ -1,9 +1,12 @@
-//! etlify-mock: an in-memory emulation of the HubSpot CRM v3 objects API (plus `/__mock`
-//! admin endpoints) for etlify's end-to-end tests, demo and benchmarks.
+//! etlify-mock: an in-memory emulation of the HubSpot CRM v3 objects API and v4
+//! associations (plus `/__mock` admin endpoints) for etlify's end-to-end tests, demo and
+//! benchmarks.
 //!
 //! Run it as the `etlify-mock` binary, or in-process with [`MockServer::start`].
 
 pub mod admin;
+mod association_store;
+mod associations;
 mod batch;
 mod clock;
 mod control;
@@ -95,6 +98,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/__mock/health", get(admin::health))
         .route("/__mock/reset", post(admin::reset))
         .route("/__mock/objects/{t}", get(admin::objects))
+        .route("/__mock/associations/{from}/{to}", get(admin::associations))
         .route("/__mock/requests", get(admin::requests))
         .route("/__mock/stats", get(admin::stats))
         .route(

@@ -61,6 +61,7 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
     let route = hubspot::route(&parts.method, path);
+    let operation = route.as_ref().ok().map(|(_, op)| op.name());
     let kind = match &route {
         Err(_) => Kind::Unrouted,
         Ok((_, hubspot::Op::Search)) => Kind::Search,
@@ -72,6 +73,7 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
         parts.method.clone(),
         path.to_owned(),
         kind,
+        operation,
         authed,
         received,
     );

@@ -2,6 +2,7 @@
 //! indexes (contacts' `email` always; any other property once it has been used as an
 //! `idProperty`, because HubSpot only allows unique properties there).
 
+use crate::association_store::{canonical_type, Associations};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
@@ -196,8 +197,9 @@ impl TypeStore {
     }
 
     /// Archives a live object; archived objects free their unique values (HubSpot lets a new
-    /// contact reuse a deleted contact's email). Returns false if it was not live.
-    pub fn archive(&mut self, id: u64, now_ms: i64) -> bool {
+    /// contact reuse a deleted contact's email). Returns false if it was not live. Only
+    /// through [`Store::archive`], which also drops the object's associations.
+    fn archive(&mut self, id: u64, now_ms: i64) -> bool {
         let Some(obj) = self.objects.get_mut(&id) else {
             return false;
         };
@@ -226,6 +228,7 @@ impl TypeStore {
 #[derive(Debug)]
 pub struct Store {
     pub types: HashMap<String, TypeStore>,
+    pub associations: Associations,
     next_id: u64,
 }
 
@@ -233,6 +236,7 @@ impl Default for Store {
     fn default() -> Self {
         Store {
             types: HashMap::new(),
+            associations: Associations::default(),
             next_id: FIRST_ID,
         }
     }
@@ -256,10 +260,22 @@ impl Store {
         id
     }
 
-    /// Drops every object but keeps the id counter going, so a crm id remembered from before
-    /// a reset can never silently alias a new object.
+    /// Archives a live object and drops its associations, as HubSpot does. Returns false
+    /// if it was not live.
+    pub fn archive(&mut self, object_type: &str, id: u64, now_ms: i64) -> bool {
+        if !self.type_mut(object_type).archive(id, now_ms) {
+            return false;
+        }
+        let key = (canonical_type(object_type).into_owned(), id);
+        self.associations.remove_object(&key);
+        true
+    }
+
+    /// Drops every object and association but keeps the id counter going, so a crm id
+    /// remembered from before a reset can never silently alias a new object.
     pub fn clear(&mut self) {
         self.types.clear();
+        self.associations.clear();
     }
 }
 

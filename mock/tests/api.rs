@@ -669,3 +669,481 @@ fn batch_read_and_update_by_id_property() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["results"].as_array().unwrap().len(), 1);
 }
+
+// ---------------------------------------------------------------------------------------
+// v4 associations
+
+const V4: &str = "/crm/v4/associations";
+
+/// Creates `n` objects of type `t`; returns their ids.
+fn create_objects(c: &Client, t: &str, n: usize) -> Vec<String> {
+    let inputs: Vec<Value> = (0..n)
+        .map(|i| json!({"properties": {"name": format!("{t} {i}")}}))
+        .collect();
+    let r = c.post(
+        &format!("/crm/v3/objects/{t}/batch/create"),
+        &json!({ "inputs": inputs }),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.json()["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn pair(from: &str, to: &str) -> Value {
+    json!({"from": {"id": from}, "to": {"id": to}})
+}
+
+fn labelled(from: &str, to: &str, category: &str, type_id: i64) -> Value {
+    json!({"from": {"id": from}, "to": {"id": to},
+           "types": [{"associationCategory": category, "associationTypeId": type_id}]})
+}
+
+/// `GET /__mock/associations/{from}/{to}` as (from, to, [type ids]).
+fn associations(c: &Client, from: &str, to: &str) -> Vec<(String, String, Vec<i64>)> {
+    let r = c.get(&format!("/__mock/associations/{from}/{to}"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let types = a["types"].as_array().unwrap();
+            assert!(types.iter().all(|t| t["category"] == "HUBSPOT_DEFINED"));
+            (
+                a["from"].as_str().unwrap().to_owned(),
+                a["to"].as_str().unwrap().to_owned(),
+                types
+                    .iter()
+                    .map(|t| t["type_id"].as_i64().unwrap())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+fn triple(from: &str, to: &str, types: &[i64]) -> (String, String, Vec<i64>) {
+    (from.to_owned(), to.to_owned(), types.to_vec())
+}
+
+#[test]
+fn associate_default_is_bidirectional_and_readable() {
+    let (_s, c) = start_default();
+    let deals = create_objects(&c, "deals", 2);
+    let companies = create_objects(&c, "companies", 2);
+    let r = c.post(
+        &format!("{V4}/deals/companies/batch/associate/default"),
+        &json!({"inputs": [pair(&deals[1], &companies[0]), pair(&deals[0], &companies[1]), pair(&deals[0], &companies[0])]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["status"], "COMPLETE");
+    assert!(v["startedAt"].is_string() && v["completedAt"].is_string());
+    assert!(v.get("errors").is_none() && v.get("numErrors").is_none());
+    assert_eq!(
+        v["results"][0],
+        json!({"from": {"id": deals[1]}, "to": {"id": companies[0]},
+               "associationSpec": {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 341}})
+    );
+    // Sorted by (from, to) numerically, from either side with that side's type ids.
+    assert_eq!(
+        associations(&c, "deals", "companies"),
+        [
+            triple(&deals[0], &companies[0], &[341]),
+            triple(&deals[0], &companies[1], &[341]),
+            triple(&deals[1], &companies[0], &[341]),
+        ]
+    );
+    assert_eq!(
+        associations(&c, "companies", "deals"),
+        [
+            triple(&companies[0], &deals[0], &[342]),
+            triple(&companies[0], &deals[1], &[342]),
+            triple(&companies[1], &deals[0], &[342]),
+        ]
+    );
+    // Type names HubSpot accepts for the same types.
+    assert_eq!(associations(&c, "0-2", "deal").len(), 3);
+
+    // Batch read, from the company side; an unknown id is a 207 naming it.
+    let r = c.post(
+        &format!("{V4}/companies/deals/batch/read"),
+        &json!({"inputs": [{"id": companies[1]}, {"id": "999"}]}),
+    );
+    assert_eq!(r.status, 207, "{}", r.body);
+    let v = r.json();
+    assert_eq!(
+        v["results"],
+        json!([{"from": {"id": companies[1]}, "to": [{"toObjectId": deals[0].parse::<u64>().unwrap(),
+            "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": 342, "label": null}]}]}])
+    );
+    assert_eq!(v["errors"][0]["category"], "OBJECT_NOT_FOUND");
+    assert_eq!(v["errors"][0]["context"]["ids"], json!(["999"]));
+
+    // The single default PUT.
+    let contacts = create_objects(&c, "contacts", 1);
+    let r = c.put(
+        &format!(
+            "/crm/v4/objects/contacts/{}/associations/default/companies/{}",
+            contacts[0], companies[1]
+        ),
+        &json!(null),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["results"][0]["associationSpec"]["associationTypeId"],
+        279
+    );
+    assert_eq!(
+        associations(&c, "companies", "contacts"),
+        [triple(&companies[1], &contacts[0], &[280])]
+    );
+    let r = c.put(
+        &format!(
+            "/crm/v4/objects/contacts/{}/associations/default/companies/424242",
+            contacts[0]
+        ),
+        &json!(null),
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(r.json()["category"], "OBJECT_NOT_FOUND");
+    assert_eq!(r.json()["context"]["ids"], json!(["424242"]));
+}
+
+#[test]
+fn labelled_associations_and_primary() {
+    let (_s, c) = start_default();
+    let deals = create_objects(&c, "deals", 1);
+    let companies = create_objects(&c, "companies", 2);
+    let create = format!("{V4}/deals/companies/batch/create");
+    let r = c.post(
+        &create,
+        &json!({"inputs": [labelled(&deals[0], &companies[0], "HUBSPOT_DEFINED", 5)]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["results"][0],
+        json!({"from": {"id": deals[0]}, "to": {"id": companies[0]},
+               "associationTypes": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 5}]})
+    );
+    // A label comes with the unlabeled type; the company side reads the inverse ids.
+    assert_eq!(
+        associations(&c, "deals", "companies"),
+        [triple(&deals[0], &companies[0], &[5, 341])]
+    );
+    assert_eq!(
+        associations(&c, "companies", "deals"),
+        [triple(&companies[0], &deals[0], &[6, 342])]
+    );
+    let read = c.post(
+        &format!("{V4}/deals/companies/batch/read"),
+        &json!({"inputs": [{"id": deals[0]}]}),
+    );
+    assert_eq!(
+        read.json()["results"][0]["to"][0]["associationTypes"][0],
+        json!({"category": "HUBSPOT_DEFINED", "typeId": 5, "label": "Primary"})
+    );
+    // A new primary company demotes the old one, which stays associated.
+    c.post(
+        &create,
+        &json!({"inputs": [labelled(&deals[0], &companies[1], "HUBSPOT_DEFINED", 5)]}),
+    );
+    assert_eq!(
+        associations(&c, "deals", "companies"),
+        [
+            triple(&deals[0], &companies[0], &[341]),
+            triple(&deals[0], &companies[1], &[5, 341]),
+        ]
+    );
+    // USER_DEFINED labels are taken as given (a string id is an integer too).
+    let r = c.post(
+        &create,
+        &json!({"inputs": [{"from": {"id": deals[0]}, "to": {"id": companies[0]},
+                "types": [{"associationCategory": "USER_DEFINED", "associationTypeId": "77"}]}]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let raw = c.get("/__mock/associations/deals/companies").json();
+    assert_eq!(
+        raw[0]["types"],
+        json!([{"category": "HUBSPOT_DEFINED", "type_id": 341}, {"category": "USER_DEFINED", "type_id": 77}])
+    );
+
+    // Malformed types refuse the whole batch.
+    let ok = labelled(&deals[0], &companies[0], "HUBSPOT_DEFINED", 5);
+    for (bad, why) in [
+        (
+            labelled(&deals[0], &companies[0], "HUBSPOT", 5),
+            "associationCategory",
+        ),
+        (
+            labelled(&deals[0], &companies[0], "HUBSPOT_DEFINED", 279),
+            "not a HUBSPOT_DEFINED association type",
+        ),
+        (
+            json!({"from": {"id": deals[0]}, "to": {"id": companies[0]},
+                "types": [{"associationCategory": "USER_DEFINED", "associationTypeId": 1.5}]}),
+            "associationTypeId",
+        ),
+        (
+            json!({"from": {"id": deals[0]}, "to": {"id": companies[0]}, "types": []}),
+            "at least one",
+        ),
+        (pair(&deals[0], &companies[0]), "at least one"),
+    ] {
+        let r = c.post(&create, &json!({"inputs": [ok.clone(), bad]}));
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert_eq!(r.json()["category"], "VALIDATION_ERROR");
+        let msg = r.json()["message"].as_str().unwrap().to_owned();
+        assert!(msg.contains(why), "{msg}");
+    }
+}
+
+#[test]
+fn association_207s_limits_and_unknown_types() {
+    let (_s, c) = start_default();
+    let deals = create_objects(&c, "deals", 3);
+    let companies = create_objects(&c, "companies", 1);
+    c.req(
+        "DELETE",
+        &format!("/crm/v3/objects/deals/{}", deals[2]),
+        None,
+    );
+    let r = c.post(
+        &format!("{V4}/deals/companies/batch/associate/default"),
+        &json!({"inputs": [
+            pair(&deals[0], &companies[0]),
+            pair("31337", &companies[0]),
+            pair(&deals[1], "424242"),
+            pair(&deals[2], &companies[0]),
+            {"from": {"id": deals[1]}, "to": {}},
+        ]}),
+    );
+    assert_eq!(r.status, 207, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["numErrors"], 4);
+    assert_eq!(v["results"].as_array().unwrap().len(), 1);
+    let named: Vec<(Value, Value)> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["category"].clone(), e["context"]["ids"].clone()))
+        .collect();
+    assert_eq!(
+        named,
+        [
+            (json!("OBJECT_NOT_FOUND"), json!(["31337"])),
+            (json!("OBJECT_NOT_FOUND"), json!(["424242"])),
+            (json!("OBJECT_NOT_FOUND"), json!([deals[2]])),
+            (json!("VALIDATION_ERROR"), Value::Null),
+        ]
+    );
+    assert_eq!(
+        associations(&c, "deals", "companies"),
+        [triple(&deals[0], &companies[0], &[341])]
+    );
+
+    let inputs: Vec<Value> = (0..1001).map(|_| pair(&deals[0], &companies[0])).collect();
+    let r = c.post(
+        &format!("{V4}/deals/companies/batch/associate/default"),
+        &json!({ "inputs": inputs }),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json()["message"],
+        "The maximum number of inputs supported in a batch is 1000. Please reduce the number of items and try again"
+    );
+    let r = c.post(
+        &format!("{V4}/deals/companies/batch/associate/default"),
+        &json!({ "inputs": inputs[..1000] }),
+    );
+    assert_eq!(r.status, 200);
+
+    let r = c.post(
+        &format!("{V4}/deals/nosuchtype/batch/associate/default"),
+        &json!({"inputs": [pair(&deals[0], "1")]}),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json()["message"],
+        "Unable to infer object type from: nosuchtype"
+    );
+    let r = c.post(
+        &format!("{V4}/deals/companies/batch/read"),
+        &json!({"inputs": 3}),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        c.get(&format!("{V4}/deals/companies/batch/read")).status,
+        405
+    );
+    assert_eq!(
+        c.post(&format!("{V4}/deals/companies/batch/nope"), &json!({}))
+            .status,
+        404
+    );
+}
+
+#[test]
+fn dissociating_and_archiving_remove_associations() {
+    let (_s, c) = start_default();
+    let contacts = create_objects(&c, "contacts", 2);
+    let companies = create_objects(&c, "companies", 3);
+    let create = |from: &str, to: &str| {
+        c.post(
+            &format!("{V4}/contacts/companies/batch/create"),
+            &json!({"inputs": [labelled(from, to, "HUBSPOT_DEFINED", 279)]}),
+        )
+    };
+    for (from, to) in [(0, 0), (0, 1), (1, 1), (1, 2)] {
+        assert_eq!(create(&contacts[from], &companies[to]).status, 200);
+    }
+    // Archive removes every type between the pair; unknown objects are ignored.
+    c.post(
+        &format!("{V4}/contacts/companies/batch/create"),
+        &json!({"inputs": [labelled(&contacts[0], &companies[0], "HUBSPOT_DEFINED", 1)]}),
+    );
+    let r = c.post(
+        &format!("{V4}/contacts/companies/batch/archive"),
+        &json!({"inputs": [{"from": {"id": contacts[0]}, "to": [{"id": companies[0]}, {"id": "31337"}]},
+                           {"from": {"id": "404"}, "to": [{"id": companies[1]}]}]}),
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert!(r.body.is_empty());
+    assert_eq!(
+        associations(&c, "contacts", "companies"),
+        [
+            triple(&contacts[0], &companies[1], &[279]),
+            triple(&contacts[1], &companies[1], &[279]),
+            triple(&contacts[1], &companies[2], &[279]),
+        ]
+    );
+    // Archiving an object drops its associations, single or batch.
+    c.req(
+        "DELETE",
+        &format!("/crm/v3/objects/companies/{}", companies[1]),
+        None,
+    );
+    assert_eq!(
+        associations(&c, "contacts", "companies"),
+        [triple(&contacts[1], &companies[2], &[279])]
+    );
+    let r = c.post(
+        "/crm/v3/objects/contacts/batch/archive",
+        &json!({"inputs": [{"id": contacts[1]}]}),
+    );
+    assert_eq!(r.status, 204);
+    assert!(associations(&c, "companies", "contacts").is_empty());
+
+    // Reset clears them too.
+    assert_eq!(create(&contacts[0], &companies[0]).status, 200);
+    c.post("/__mock/reset", &json!({}));
+    assert!(associations(&c, "contacts", "companies").is_empty());
+}
+
+#[test]
+fn faults_auth_rate_limit_and_log_apply_to_associations() {
+    let (_s, c) = start_default();
+    let deals = create_objects(&c, "deals", 2);
+    let companies = create_objects(&c, "companies", 1);
+    let default = format!("{V4}/deals/companies/batch/associate/default");
+    let body = json!({"inputs": [pair(&deals[0], &companies[0])]});
+
+    // `operations` aims the faults at association calls only.
+    let cfg = json!({"operations": ["associations/batch"], "fail_next": [{"status": 429, "retry_after": 3}, {"status": 502}]});
+    assert_eq!(c.put("/__mock/faults", &cfg).json(), cfg);
+    assert_eq!(
+        c.post(
+            UPSERT,
+            &json!({"inputs": [upsert_input("a@x.io", json!({}))]})
+        )
+        .status,
+        200,
+        "not targeted"
+    );
+    let r = c.post(&default, &body);
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("Retry-After"), Some("3"));
+    assert_eq!(r.json()["policyName"], "TEN_SECONDLY_ROLLING");
+    assert_eq!(c.post(&default, &body).status, 502);
+    assert!(
+        associations(&c, "deals", "companies").is_empty(),
+        "failed requests wrote nothing"
+    );
+    assert_eq!(c.post(&default, &body).status, 200);
+    let r = c.put(
+        "/__mock/faults",
+        &json!({"operations": ["associations/batch/upsert"]}),
+    );
+    assert_eq!(r.status, 400, "unknown operations are refused");
+    assert_eq!(
+        c.put("/__mock/faults", &json!({"operations": []})).status,
+        400
+    );
+
+    // fail_ids names association inputs by either object's id.
+    c.put(
+        "/__mock/faults",
+        &json!({"operations": ["associations"], "fail_ids": {deals[1].clone(): "scripted nope"}}),
+    );
+    let r = c.post(
+        &format!("{V4}/deals/companies/batch/create"),
+        &json!({"inputs": [labelled(&deals[1], &companies[0], "HUBSPOT_DEFINED", 5),
+                           labelled(&deals[0], &companies[0], "HUBSPOT_DEFINED", 5)]}),
+    );
+    assert_eq!(r.status, 207, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["errors"][0]["message"], "scripted nope");
+    assert_eq!(v["errors"][0]["context"]["ids"], json!([deals[1]]));
+    assert_eq!(v["results"][0]["from"]["id"], json!(deals[0]));
+    let r = c.post(
+        &format!("{V4}/deals/companies/batch/archive"),
+        &json!({"inputs": [{"from": {"id": deals[1]}, "to": [{"id": companies[0]}]}]}),
+    );
+    assert_eq!(r.status, 207);
+
+    // The rate limit and its headers, as on v3.
+    c.put(
+        "/__mock/faults",
+        &json!({"rate_limit": {"max": 1, "interval_ms": 60000}}),
+    );
+    let r = c.post(&default, &body);
+    assert_eq!(r.header("X-HubSpot-RateLimit-Max"), Some("1"));
+    assert_eq!(r.status, 429, "the window already holds a call");
+
+    // Auth.
+    let mut anon = Client::new(c.base.clone());
+    anon.token = None;
+    c.put("/__mock/faults", &json!({}));
+    assert_eq!(anon.post(&default, &body).status, 401);
+
+    // The request log has the v4 paths with their input counts.
+    let log: Vec<(String, u64, u64)> = c
+        .requests()
+        .iter()
+        .filter(|e| e["path"].as_str().unwrap().starts_with("/crm/v4"))
+        .map(|e| {
+            (
+                e["path"].as_str().unwrap().to_owned(),
+                e["status"].as_u64().unwrap(),
+                e["inputs"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let archive = format!("{V4}/deals/companies/batch/archive");
+    let create = format!("{V4}/deals/companies/batch/create");
+    assert_eq!(
+        log,
+        [
+            (default.clone(), 429, 1),
+            (default.clone(), 502, 1),
+            (default.clone(), 200, 1),
+            (create, 207, 2),
+            (archive, 207, 1),
+            (default.clone(), 429, 1),
+            (default, 401, 0),
+        ]
+    );
+}

@@ -373,16 +373,19 @@ fn load_refs(
     keys: Vec<String>,
     timeout: i32,
 ) -> Vec<Option<Vec<Option<String>>>> {
+    // spelled as keys are, whatever the session's DateStyle or TimeZone
     let loaded = restricted::in_subtransaction(|| {
-        restricted::bounded(timeout, || {
-            Spi::connect(|client| {
-                client
-                    .select(sql, None, &[keys.into()])
-                    .map(|rows| {
-                        rows.map(|r| r.get::<Vec<Option<String>>>(2).ok().flatten())
-                            .collect::<Vec<_>>()
-                    })
-                    .unwrap_or_else(|e| pgrx::error!("{e}"))
+        restricted::with_settings(&crate::keys::CANONICAL, || {
+            restricted::bounded(timeout, || {
+                Spi::connect(|client| {
+                    client
+                        .select(sql, None, &[keys.into()])
+                        .map(|rows| {
+                            rows.map(|r| r.get::<Vec<Option<String>>>(2).ok().flatten())
+                                .collect::<Vec<_>>()
+                        })
+                        .unwrap_or_else(|e| pgrx::error!("{e}"))
+                })
             })
         })
     });

@@ -259,6 +259,15 @@ impl Mock {
     }
 
     /// The live object of type `t` with this CRM id.
+    /// The associations the mock holds from `from` objects to `to` objects
+    /// (`GET /__mock/associations/{from}/{to}`): `{from, to, types: [{category, type_id}]}`.
+    pub fn associations(&self, from: &str, to: &str) -> Vec<Value> {
+        match self.get(&format!("/__mock/associations/{from}/{to}")) {
+            Value::Array(a) => a,
+            other => panic!("/__mock/associations/{from}/{to}: unexpected {other}"),
+        }
+    }
+
     pub fn by_id(&self, t: &str, id: &str) -> Option<Value> {
         self.objects(t)
             .into_iter()

@@ -441,3 +441,151 @@ fn bad_sync_dependencies_are_refused() {
     );
     exec(&mut env.db, "DROP TABLE companies CASCADE");
 }
+
+/// `(from, to, type ids)` of the deal → company associations the mock holds.
+fn deal_links(env: &Env) -> Vec<(String, String, Vec<i64>)> {
+    env.mock
+        .associations("deals", "companies")
+        .iter()
+        .map(|a| {
+            let mut types: Vec<i64> = a["types"]
+                .as_array()
+                .map(|t| t.iter().filter_map(|t| t["type_id"].as_i64()).collect())
+                .unwrap_or_default();
+            types.sort();
+            (
+                a["from"].as_str().unwrap_or_default().to_string(),
+                a["to"].as_str().unwrap_or_default().to_string(),
+                types,
+            )
+        })
+        .collect()
+}
+
+/// `"associate"`: default and labelled associations, made after the record is
+/// written, moved when the reference moves, removed when it goes; a failed one
+/// fails its record without sending the payload again.
+#[test]
+fn associations_follow_their_references() {
+    let mut env = Env::start_without_worker("", "");
+    exec(&mut env.db, DEALS);
+    exec(
+        &mut env.db,
+        "ALTER TABLE deals ADD COLUMN partner_id bigint REFERENCES companies;
+         UPDATE deals SET partner_id = 2 WHERE id = 10;",
+    );
+    exec(&mut env.db, MAP_COMPANIES);
+    exec(
+        &mut env.db,
+        r#"SELECT etlify.sync_table('hubspot', 'deals', 'deals', 'deal_ref', 'deal_payload',
+             sync_dependencies => '[{"table": "companies", "source_column": "company_id", "associate": true},
+                                    {"table": "companies", "source_column": "partner_id",
+                                     "associate": {"category": "HUBSPOT_DEFINED", "type_id": 5}}]')"#,
+    );
+    drain(&mut env.db);
+    let (c1, c2) = (company_id(&env, "acme.test"), company_id(&env, "beta.test"));
+    let deal = |env: &Env, r: &str| -> String {
+        let o = env.mock.find("deals", "deal_ref", r).expect("deal");
+        o["id"].as_str().expect("id").to_string()
+    };
+    let (d10, d11) = (deal(&env, "D-10"), deal(&env, "D-11"));
+    let mut want = vec![
+        (d10.clone(), c1.clone(), vec![341]),
+        (d10.clone(), c2.clone(), vec![5, 341]), // a label comes with the default type
+        (d11.clone(), c2.clone(), vec![341]),
+    ];
+    want.sort();
+    assert_eq!(deal_links(&env), want);
+    assert_eq!(
+        scalar(&mut env.db, "SELECT count(*) FROM etlify.links").as_deref(),
+        Some("3")
+    );
+    let writes = inputs_to(&env, "/objects/deals/");
+
+    // a reference that goes removes its association; one that moves moves it
+    exec(
+        &mut env.db,
+        "UPDATE deals SET company_id = NULL WHERE id = 10",
+    );
+    exec(&mut env.db, "UPDATE deals SET company_id = 1 WHERE id = 11");
+    drain(&mut env.db);
+    let mut want = vec![
+        (d10.clone(), c2.clone(), vec![5, 341]),
+        (d11.clone(), c1.clone(), vec![341]),
+    ];
+    want.sort();
+    assert_eq!(deal_links(&env), want);
+
+    // a failed association fails its record; the retry asks for it alone
+    let writes_before = inputs_to(&env, "/objects/deals/");
+    assert!(writes_before > writes);
+    env.mock.set_faults(serde_json::json!({
+        "fail_ids": {d11.clone(): "no such deal today"},
+        "operations": ["associations/batch/associate/default"]
+    }));
+    exec(&mut env.db, "UPDATE deals SET company_id = 2 WHERE id = 11");
+    drain(&mut env.db);
+    let (s, e) = state(&mut env.db, "deals", "11");
+    assert_eq!(s, "failed");
+    let e = e.unwrap_or_default();
+    assert!(
+        e.contains("associating with companies") && e.contains("no such deal today"),
+        "{e}"
+    );
+    let writes_failed = inputs_to(&env, "/objects/deals/");
+    env.mock.set_faults(serde_json::json!({}));
+    let r = scalar(&mut env.db, "SELECT etlify.sync('hubspot', 'deals', '11')");
+    assert_eq!(
+        r.as_deref(),
+        Some("not_modified"),
+        "the payload went out before"
+    );
+    assert_eq!(
+        inputs_to(&env, "/objects/deals/"),
+        writes_failed,
+        "not sent again"
+    );
+    assert!(deal_links(&env).contains(&(d11.clone(), c2.clone(), vec![341])));
+    assert!(!deal_links(&env)
+        .iter()
+        .any(|(f, t, _)| *f == d11 && *t == c1));
+
+    // an archived deal takes its associations with it
+    exec(&mut env.db, "DELETE FROM deals WHERE id = 11");
+    drain(&mut env.db);
+    assert!(!deal_links(&env).iter().any(|(f, ..)| *f == d11));
+    assert_eq!(
+        scalar(
+            &mut env.db,
+            "SELECT count(*) FROM etlify.links WHERE key = '11'"
+        )
+        .as_deref(),
+        Some("0")
+    );
+}
+
+/// A reference is spelled as keys are, whatever the writer's DateStyle: a date
+/// key written under `SQL, DMY` names the same record.
+#[test]
+fn a_date_reference_under_another_datestyle() {
+    let mut env = Env::start_without_worker("", "");
+    exec(
+        &mut env.db,
+        "SET DateStyle = 'SQL, DMY'; SET TimeZone = 'Pacific/Auckland';
+         CREATE TABLE days (d date PRIMARY KEY, label text NOT NULL);
+         CREATE TABLE events (id int PRIMARY KEY, day date REFERENCES days, name text NOT NULL);
+         CREATE FUNCTION day_payload(x days) RETURNS jsonb LANGUAGE sql AS $$ SELECT jsonb_build_object('domain', x.label) $$;
+         CREATE FUNCTION event_payload(e events) RETURNS jsonb LANGUAGE sql AS $$
+           SELECT jsonb_build_object('deal_ref', e.name, 'day_crm_id', etlify.crm_id('hubspot', 'days', e.day::text)) $$;
+         SELECT etlify.sync_table('hubspot', 'events', 'deals', 'deal_ref', 'event_payload', sync_dependencies => '[\"days\"]');
+         SELECT etlify.sync_table('hubspot', 'days', 'companies', 'domain', 'day_payload');
+         INSERT INTO days VALUES ('02/01/2024', 'second-of-january');
+         INSERT INTO events VALUES (1, '02/01/2024', 'E-1');",
+    );
+    let counts = drain(&mut env.db);
+    assert_eq!(counts["synced"], 2, "{counts}");
+    assert_eq!(state(&mut env.db, "events", "1").0, "synced");
+    let day = company_id(&env, "second-of-january");
+    let e = env.mock.find("deals", "deal_ref", "E-1").expect("event");
+    assert_eq!(e["properties"]["day_crm_id"].as_str(), Some(day.as_str()));
+}

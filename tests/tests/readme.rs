@@ -83,9 +83,9 @@ fn the_readme_use_section_works_as_written() {
         app.batch_execute(&statement)
             .unwrap_or_else(|e| panic!("{statement}\n: {}", error_text(&e)));
     }
-    let company = mock
-        .find("companies", "domain", "acme.example")
-        .expect("the company, synced by sync()");
+    let company = wait_for_default("the company in the CRM", || {
+        mock.find("companies", "domain", "acme.example")
+    });
     let company_id = company["id"].as_str().expect("an id").to_string();
     let deal = wait_for_default("the deal in the CRM", || {
         mock.find("deals", "deal_ref", "deal-10")
@@ -95,6 +95,18 @@ fn the_readme_use_section_works_as_written() {
         Some(company_id.as_str()),
         "{deal}"
     );
+    // ... and is associated with it
+    let deal_id = deal["id"].as_str().expect("an id").to_string();
+    wait_for_default("the deal associated with its company", || {
+        let links = mock.associations("deals", "companies");
+        links
+            .iter()
+            .any(|l| {
+                l["from"].as_str() == Some(deal_id.as_str())
+                    && l["to"].as_str() == Some(company_id.as_str())
+            })
+            .then_some(())
+    });
     // the company's rename reaches the deal through its dependency
     wait_for_default("the deal renamed with its company", || {
         mock.find("deals", "deal_ref", "deal-10")

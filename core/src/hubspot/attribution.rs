@@ -42,19 +42,63 @@ pub(crate) enum Op<'a> {
     Upsert { id_property: &'a str },
     /// Inputs named by crm_id.
     Archive,
+    /// v4 `batch/associate/default`; inputs are links, named by both objects' ids.
+    AssociateDefault,
+    /// v4 `batch/create` (labelled links).
+    AssociateLabelled,
+    /// v4 `batch/archive`: removes every association between each link's objects.
+    Dissociate,
 }
 
 impl Op<'_> {
+    /// The path below the objects (v3) or the pair of object types (v4).
     pub(crate) fn endpoint(self) -> &'static str {
         match self {
             Op::Update => "batch/update",
             Op::Upsert { .. } => "batch/upsert",
-            Op::Archive => "batch/archive",
+            Op::Archive | Op::Dissociate => "batch/archive",
+            Op::AssociateDefault => "batch/associate/default",
+            Op::AssociateLabelled => "batch/create",
         }
+    }
+
+    /// The request log's name for it.
+    pub(crate) fn operation(self) -> &'static str {
+        match self {
+            Op::Update | Op::Upsert { .. } | Op::Archive => self.endpoint(),
+            Op::AssociateDefault => "associations/batch/associate/default",
+            Op::AssociateLabelled => "associations/batch/create",
+            Op::Dissociate => "associations/batch/archive",
+        }
+    }
+
+    /// Archives: whatever the CRM does not name as failed is gone.
+    fn removes(self) -> bool {
+        matches!(self, Op::Archive | Op::Dissociate)
+    }
+
+    fn associates(self) -> bool {
+        matches!(self, Op::AssociateDefault | Op::AssociateLabelled)
     }
 }
 
-/// One answer's verdict: `outcomes[i]` is for `ids[i]`.
+/// How the CRM names one input in its answer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Name<'a> {
+    /// crm_id (update, archive) or id_property value (upsert).
+    Id(&'a str),
+    /// An association: errors name either object, results the pair.
+    Link { from: &'a str, to: &'a str },
+}
+
+/// A plain id passes as it is.
+impl<'a> From<&'a str> for Name<'a> {
+    fn from(id: &'a str) -> Self {
+        Name::Id(id)
+    }
+}
+
+/// One answer's verdict: `outcomes[i]` is for `names[i]`.
 #[derive(Debug, PartialEq)]
 pub(crate) struct Verdict {
     pub outcomes: Vec<Outcome>,
@@ -63,15 +107,17 @@ pub(crate) struct Verdict {
     pub error: Option<String>,
 }
 
-/// `ids[i]` names input i the way the CRM will: crm_id for update/archive, id_value for
-/// upsert.
-pub(crate) fn attribute(
+/// `names[i]` names input i the way the CRM will: crm_id for update/archive, id_value for
+/// upsert, both objects' ids for a link.
+pub(crate) fn attribute<'a>(
     op: Op,
-    ids: &[&str],
+    names: &[impl Into<Name<'a>> + Copy],
     status: u16,
     limits: &RateLimitHeaders,
     body: &[u8],
 ) -> Verdict {
+    let names: Vec<Name> = names.iter().map(|&n| n.into()).collect();
+    let ids = names.as_slice();
     let parsed = Response::parse(body);
     let crm_says = || describe(status, parsed.as_ref(), body);
     match status {
@@ -135,12 +181,13 @@ fn everyone_retries(count: usize, error: String, pause: Duration) -> Verdict {
 }
 
 /// 2xx. Update/upsert: each input needs a result (→ Synced) or an error naming it;
-/// archive: everything not named in an error is gone.
-fn accepted(op: Op, ids: &[&str], status: u16, parsed: Option<Response>, body: &[u8]) -> Verdict {
+/// archives: everything not named in an error is gone; associations: everything not named
+/// in an error exists, unless an error names no input (then only results count).
+fn accepted(op: Op, ids: &[Name], status: u16, parsed: Option<Response>, body: &[u8]) -> Verdict {
     let mut outcomes: Vec<Option<Outcome>> = vec![None; ids.len()];
     let index = InputIndex::new(ids);
     let Some(response) = parsed else {
-        if op == Op::Archive {
+        if op.removes() {
             // 204 has no body; whatever else came with a 2xx, the archive happened.
             return Verdict {
                 outcomes: vec![Outcome::Deleted; ids.len()],
@@ -149,7 +196,8 @@ fn accepted(op: Op, ids: &[&str], status: u16, parsed: Option<Response>, body: &
             };
         }
         // The CRM may have applied the batch: resending is harmless (upserts by
-        // id_property, updates by crm_id), blaming the records is not.
+        // id_property, updates by crm_id, associations exist once), blaming the records
+        // is not.
         return everyone_retries(
             ids.len(),
             format!(
@@ -161,12 +209,22 @@ fn accepted(op: Op, ids: &[&str], status: u16, parsed: Option<Response>, body: &
     };
 
     for result in &response.results {
+        if op.associates() {
+            // HubSpot echoes a link as {from:{id}, to:{id}} or fromObjectId/toObjectId.
+            let Some((from, to)) = result.link() else {
+                continue;
+            };
+            for i in index.find_link(&from, &to) {
+                outcomes[i] = Some(link_synced(ids[i]));
+            }
+            continue;
+        }
         let Some(crm_id) = &result.id else { continue };
         let name = match op {
             Op::Update => Some(crm_id.clone()),
             // HubSpot lowercases emails: InputIndex compares case-insensitively.
             Op::Upsert { id_property } => result.property(id_property),
-            Op::Archive => None,
+            _ => None,
         };
         for i in name.iter().flat_map(|n| index.find(n)) {
             outcomes[i] = Some(Outcome::Synced {
@@ -184,9 +242,12 @@ fn accepted(op: Op, ids: &[&str], status: u16, parsed: Option<Response>, body: &
         }
     }
 
+    let mut unattributed = false;
     for error in &response.errors {
         let outcome = blame(op, error, None);
-        for i in error.ids().iter().flat_map(|id| index.find(id)) {
+        let named: Vec<usize> = error.ids().iter().flat_map(|id| index.find(id)).collect();
+        unattributed |= named.is_empty();
+        for i in named {
             // A result for the same input wins: the object exists and took the write.
             outcomes[i].get_or_insert_with(|| outcome.clone());
         }
@@ -195,10 +256,14 @@ fn accepted(op: Op, ids: &[&str], status: u16, parsed: Option<Response>, body: &
     let mut unanswered = 0;
     let outcomes: Vec<Outcome> = outcomes
         .into_iter()
-        .map(|o| match (o, op) {
-            (Some(o), _) => o,
-            (None, Op::Archive) => Outcome::Deleted,
-            (None, _) => {
+        .zip(ids)
+        .map(|(o, &name)| match o {
+            Some(o) => o,
+            None if op.removes() => Outcome::Deleted,
+            // The CRM said COMPLETE and named every failure: the rest went through, in
+            // whatever shape its results came.
+            None if op.associates() && !unattributed => link_synced(name),
+            None => {
                 unanswered += 1;
                 Outcome::Failed {
                     error: NO_RESULT.into(),
@@ -235,7 +300,7 @@ fn accepted(op: Op, ids: &[&str], status: u16, parsed: Option<Response>, body: &
 
 /// 4xx other than auth and limits: the CRM refused the request. Inputs it names take the
 /// blame; the others were refused along with them and are retried.
-fn rejected(op: Op, ids: &[&str], parsed: Option<&Response>, crm_says: String) -> Verdict {
+fn rejected(op: Op, ids: &[Name], parsed: Option<&Response>, crm_says: String) -> Verdict {
     let index = InputIndex::new(ids);
     let mut outcomes: Vec<Option<Outcome>> = vec![None; ids.len()];
     let entries = parsed
@@ -295,10 +360,19 @@ fn blame(op: Op, error: &ErrorEntry, fallback: Option<&str>) -> Outcome {
         // The stored crm_id points at nothing (merged, deleted in HubSpot): the worker
         // forgets it and upserts by id_property next time.
         Op::Update if not_found => Outcome::Stale { error: text },
-        // Already gone is what we wanted.
-        Op::Archive if not_found => Outcome::Deleted,
+        // Already gone is what we wanted; an object that is gone has no associations left.
+        Op::Archive | Op::Dissociate if not_found => Outcome::Deleted,
+        // An association to an object that does not exist: the record points at it.
         _ => Outcome::Failed { error: text },
     }
+}
+
+/// A link that exists: its outcome names the object it points to.
+fn link_synced(name: Name) -> Outcome {
+    let crm_id = match name {
+        Name::Link { to, .. } | Name::Id(to) => to.to_owned(),
+    };
+    Outcome::Synced { crm_id }
 }
 
 /// "HTTP 400: VALIDATION_ERROR: …", from the parsed body or, failing that, the raw one.
@@ -325,20 +399,60 @@ fn snippet(body: &[u8]) -> String {
 }
 
 /// Inputs by the name the CRM uses for them, compared case-insensitively (HubSpot
-/// lowercases emails; crm ids are digits). Several inputs may share a name.
-struct InputIndex(HashMap<String, Vec<usize>>);
+/// lowercases emails; crm ids are digits). Several inputs may share a name: links that
+/// share an object, for one.
+struct InputIndex {
+    by_id: HashMap<String, Vec<usize>>,
+    by_link: HashMap<(String, String), Vec<usize>>,
+}
 
 impl InputIndex {
-    fn new(ids: &[&str]) -> Self {
-        let mut map: HashMap<String, Vec<usize>> = HashMap::with_capacity(ids.len());
-        for (i, id) in ids.iter().enumerate() {
-            map.entry(normalize(id)).or_default().push(i);
+    fn new(names: &[Name]) -> Self {
+        let mut index = InputIndex {
+            by_id: HashMap::with_capacity(names.len()),
+            by_link: HashMap::new(),
+        };
+        for (i, name) in names.iter().enumerate() {
+            let mut add = |id: &str| {
+                let slot = index.by_id.entry(normalize(id)).or_default();
+                if slot.last() != Some(&i) {
+                    slot.push(i);
+                }
+            };
+            match *name {
+                Name::Id(id) => add(id),
+                Name::Link { from, to } => {
+                    add(from);
+                    add(to);
+                    let key = (normalize(from), normalize(to));
+                    index.by_link.entry(key).or_default().push(i);
+                }
+            }
         }
-        InputIndex(map)
+        index
     }
 
     fn find(&self, id: &str) -> impl Iterator<Item = usize> + '_ {
-        self.0.get(&normalize(id)).into_iter().flatten().copied()
+        self.by_id
+            .get(&normalize(id))
+            .into_iter()
+            .flatten()
+            .copied()
+    }
+
+    /// Links between these two objects, whichever way the CRM reports the pair
+    /// (associations are bidirectional).
+    fn find_link(&self, a: &str, b: &str) -> Vec<usize> {
+        let (a, b) = (normalize(a), normalize(b));
+        let mut found: Vec<usize> = [(a.clone(), b.clone()), (b, a)]
+            .iter()
+            .filter_map(|key| self.by_link.get(key))
+            .flatten()
+            .copied()
+            .collect();
+        found.sort_unstable();
+        found.dedup();
+        found
     }
 }
 
@@ -682,6 +796,139 @@ mod tests {
             ]
         );
         assert_eq!(v.pause, Some(OUTAGE_PAUSE));
+    }
+
+    fn link<'a>(from: &'a str, to: &'a str) -> Name<'a> {
+        Name::Link { from, to }
+    }
+
+    #[test]
+    fn association_ops_name_their_endpoints() {
+        let names = |op: Op| (op.endpoint(), op.operation());
+        assert_eq!(
+            names(Op::AssociateDefault),
+            (
+                "batch/associate/default",
+                "associations/batch/associate/default"
+            )
+        );
+        assert_eq!(
+            names(Op::AssociateLabelled),
+            ("batch/create", "associations/batch/create")
+        );
+        assert_eq!(
+            names(Op::Dissociate),
+            ("batch/archive", "associations/batch/archive")
+        );
+        assert_eq!(names(Op::Archive), ("batch/archive", "batch/archive"));
+    }
+
+    #[test]
+    fn associate_200_syncs_every_link_to_its_target() {
+        let links = [link("1", "10"), link("1", "11"), link("2", "10")];
+        // Results in either shape, either direction, or none at all: COMPLETE without
+        // errors means every link exists.
+        for body in [
+            &br#"{"status":"COMPLETE","results":[{"from":{"id":"1"},"to":{"id":"10"}},{"from":{"id":"11"},"to":{"id":"1"}},{"fromObjectId":2,"toObjectId":10}]}"#[..],
+            br#"{"status":"COMPLETE","results":[]}"#,
+            br#"{"status":"COMPLETE","results":[{"fromObjectTypeId":"0-3","labels":[]}]}"#,
+        ] {
+            let v = attribute(Op::AssociateDefault, &links, 200, &no_limits(), body);
+            assert_eq!(v.outcomes, vec![synced("10"), synced("11"), synced("10")]);
+            assert_eq!(v.error, None);
+        }
+    }
+
+    #[test]
+    fn associate_207_fails_exactly_the_links_named() {
+        // An unknown from object fails every link from it, and only those.
+        let body = br#"{"status":"COMPLETE","results":[{"from":{"id":"2"},"to":{"id":"10"}}],"numErrors":1,
+            "errors":[{"status":"error","category":"OBJECT_NOT_FOUND","message":"Could not get some DEALS objects, they may be deleted or not exist. Check that ids are valid.","context":{"ids":["99"]}}]}"#;
+        let links = [
+            link("99", "10"),
+            link("2", "10"),
+            link("99", "11"),
+            link("3", "12"),
+        ];
+        let v = attribute(Op::AssociateLabelled, &links, 207, &no_limits(), body);
+        let culprit = failed("OBJECT_NOT_FOUND: Could not get some DEALS objects, they may be deleted or not exist. Check that ids are valid.");
+        assert_eq!(
+            v.outcomes,
+            vec![culprit.clone(), synced("10"), culprit, synced("12")]
+        );
+        assert_eq!(v.pause, None);
+        assert!(v
+            .error
+            .unwrap()
+            .starts_with("HTTP 207: 2 of 4 records not applied; first: OBJECT_NOT_FOUND"));
+        // The to object can be the one named, too; a result for the pair still wins.
+        let body = br#"{"results":[{"from":{"id":"1"},"to":{"id":"7"}}],"errors":[{"category":"OBJECT_NOT_FOUND","context":{"ids":["7","8"]}}]}"#;
+        let v = attribute(
+            Op::AssociateDefault,
+            &[link("1", "7"), link("1", "8")],
+            207,
+            &no_limits(),
+            body,
+        );
+        assert_eq!(v.outcomes, vec![synced("7"), failed("OBJECT_NOT_FOUND")]);
+    }
+
+    #[test]
+    fn associate_errors_naming_nobody_leave_only_results_synced() {
+        let body = br#"{"results":[{"from":{"id":"1"},"to":{"id":"7"}}],"errors":[{"category":"VALIDATION_ERROR","message":"something","context":{"fromObjectId":["1"]}}]}"#;
+        let v = attribute(
+            Op::AssociateDefault,
+            &[link("1", "7"), link("1", "8")],
+            207,
+            &no_limits(),
+            body,
+        );
+        assert_eq!(v.outcomes, vec![synced("7"), failed(NO_RESULT)]);
+    }
+
+    #[test]
+    fn association_refusals_and_outages() {
+        let links = [link("1", "7"), link("2", "8")];
+        let body = br#"{"status":"error","message":"The maximum number of inputs supported in a batch is 1000. Please reduce the number of items and try again","category":"VALIDATION_ERROR"}"#;
+        let v = attribute(Op::AssociateDefault, &links, 400, &no_limits(), body);
+        assert!(v.outcomes.iter().all(
+            |o| matches!(o, Outcome::Failed { error } if error.contains("maximum number of inputs"))
+        ));
+        for op in [Op::AssociateDefault, Op::AssociateLabelled, Op::Dissociate] {
+            for status in [429, 500, 502, 503] {
+                let v = attribute(op, &links, status, &no_limits(), b"");
+                assert!(v.outcomes.iter().all(is_retry), "{op:?} {status}");
+                assert!(v.pause.is_some());
+            }
+        }
+        // An unreadable 2xx: the links may exist; asking again is harmless.
+        let v = attribute(Op::AssociateDefault, &links, 200, &no_limits(), b"<html>");
+        assert!(v.outcomes.iter().all(is_retry));
+    }
+
+    #[test]
+    fn dissociate_deletes_unless_a_failure_is_named() {
+        let links = [link("1", "7"), link("2", "8"), link("3", "9")];
+        let v = attribute(Op::Dissociate, &links, 204, &no_limits(), b"");
+        assert_eq!(v.outcomes, vec![Outcome::Deleted; 3]);
+        assert_eq!(v.error, None);
+        let body = br#"{"status":"COMPLETE","results":[],"errors":[
+            {"category":"OBJECT_NOT_FOUND","message":"gone","context":{"ids":["1"]}},
+            {"category":"VALIDATION_ERROR","message":"nope","context":{"ids":["8"]}}]}"#;
+        let v = attribute(Op::Dissociate, &links, 207, &no_limits(), body);
+        assert_eq!(
+            v.outcomes,
+            vec![
+                Outcome::Deleted,
+                failed("VALIDATION_ERROR: nope"),
+                Outcome::Deleted
+            ]
+        );
+        // A 404 for an object: nothing is left to remove; the rest were refused with it.
+        let body = br#"{"status":"error","category":"OBJECT_NOT_FOUND","message":"gone","context":{"ids":["9"]}}"#;
+        let v = attribute(Op::Dissociate, &links, 404, &no_limits(), body);
+        assert_eq!(v.outcomes[2], Outcome::Deleted);
+        assert!(is_retry(&v.outcomes[0]) && is_retry(&v.outcomes[1]));
     }
 
     #[test]

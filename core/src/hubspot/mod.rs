@@ -3,17 +3,20 @@
 //! Writes go through the batch endpoints only: `batch/update` for records that already
 //! have a crm_id (so a changed email updates the same contact, principle 2),
 //! `batch/upsert` by id_property for the others (so a resend never creates a duplicate),
-//! `batch/archive` for deletes. Who is to blame for what is decided in `attribution`.
+//! `batch/archive` for deletes; associations through the v4 batch endpoints
+//! (`associations`). Who is to blame for what is decided in `attribution`.
 
+mod associations;
 mod attribution;
 mod models;
 
 use crate::adapter::{
-    batch_size, CrmAdapter, CrmSettings, Delete, Outcome, Report, ReportBuilder, RequestLog, Upsert,
+    batch_size, CrmAdapter, CrmSettings, Delete, Link, Outcome, Report, ReportBuilder, RequestLog,
+    Upsert,
 };
 use crate::config::AdapterConfig;
 use crate::http::{ClientSettings, HttpClient, LimitHeaderNames, Pacer, Reply};
-use attribution::{attribute, broken, Op};
+use attribution::{attribute, broken, Name, Op};
 use std::time::Duration;
 
 /// HubSpot refuses more than 100 inputs per batch request.
@@ -79,15 +82,25 @@ impl HubspotAdapter {
         })
     }
 
-    /// Sends one batch request and records its outcome for the inputs at `indices`
-    /// (positions in the caller's items), which the CRM knows as `ids`.
+    /// `{base_url}/crm/v3/objects/{object_type}/{endpoint}`
+    fn objects_url(&self, object_type: &str, op: Op) -> String {
+        format!(
+            "{}/crm/v3/objects/{}/{}",
+            self.base_url,
+            path_segment(object_type),
+            op.endpoint()
+        )
+    }
+
+    /// Sends one batch request to `url` and records its outcome for the inputs at
+    /// `indices` (positions in the caller's items), which the CRM knows as `names`.
     fn send(
         &mut self,
         report: &mut ReportBuilder,
-        object_type: &str,
+        url: &str,
         op: Op,
         indices: &[usize],
-        ids: &[&str],
+        names: &[Name],
         body: Vec<u8>,
     ) {
         if report.paused() {
@@ -96,13 +109,7 @@ impl HubspotAdapter {
             report.retry(indices, "not sent: the CRM asked to pause");
             return;
         }
-        let url = format!(
-            "{}/crm/v3/objects/{}/{}",
-            self.base_url,
-            path_segment(object_type),
-            op.endpoint()
-        );
-        let exchange = match self.client.post_json(&url, &body) {
+        let exchange = match self.client.post_json(url, &body) {
             Ok(exchange) => exchange,
             Err(reason) => {
                 report.retry(indices, &self.client.mask(&format!("not sent: {reason}")));
@@ -114,12 +121,12 @@ impl HubspotAdapter {
                 status,
                 limits,
                 body,
-            } => (Some(*status), attribute(op, ids, *status, limits, body)),
-            Reply::Broken { status, error } => (*status, broken(ids.len(), error)),
+            } => (Some(*status), attribute(op, names, *status, limits, body)),
+            Reply::Broken { status, error } => (*status, broken(names.len(), error)),
         };
         report.log(RequestLog {
-            operation: op.endpoint().to_owned(),
-            records: ids.len(),
+            operation: op.operation().to_owned(),
+            records: names.len(),
             http_status,
             duration_ms: exchange.duration_ms,
             error: verdict.error.as_deref().map(|e| self.client.mask(e)),
@@ -178,25 +185,21 @@ impl CrmAdapter for HubspotAdapter {
         // Defensive: the caller should not pass more than max_batch_size().
         for chunk in updates.chunks(self.batch_size) {
             let batch: Vec<&Upsert> = chunk.iter().map(|&i| &items[i]).collect();
-            let ids: Vec<&str> = batch
+            let ids: Vec<Name> = batch
                 .iter()
-                .map(|u| u.crm_id.as_deref().unwrap_or_default())
+                .map(|u| Name::Id(u.crm_id.as_deref().unwrap_or_default()))
                 .collect();
             let body = models::update_body(&batch);
-            self.send(&mut report, object_type, Op::Update, chunk, &ids, body);
+            let url = self.objects_url(object_type, Op::Update);
+            self.send(&mut report, &url, Op::Update, chunk, &ids, body);
         }
         for chunk in upserts.chunks(self.batch_size) {
             let batch: Vec<&Upsert> = chunk.iter().map(|&i| &items[i]).collect();
-            let ids: Vec<&str> = batch.iter().map(|u| u.id_value.as_str()).collect();
+            let ids: Vec<Name> = batch.iter().map(|u| Name::Id(&u.id_value)).collect();
             let body = models::upsert_body(id_property, &batch);
-            self.send(
-                &mut report,
-                object_type,
-                Op::Upsert { id_property },
-                chunk,
-                &ids,
-                body,
-            );
+            let op = Op::Upsert { id_property };
+            let url = self.objects_url(object_type, op);
+            self.send(&mut report, &url, op, chunk, &ids, body);
         }
         report.finish()
     }
@@ -206,11 +209,20 @@ impl CrmAdapter for HubspotAdapter {
         let indices: Vec<usize> = (0..items.len()).collect();
         for chunk in indices.chunks(self.batch_size) {
             let batch: Vec<&Delete> = chunk.iter().map(|&i| &items[i]).collect();
-            let ids: Vec<&str> = batch.iter().map(|d| d.crm_id.as_str()).collect();
+            let ids: Vec<Name> = batch.iter().map(|d| Name::Id(&d.crm_id)).collect();
             let body = models::archive_body(&batch);
-            self.send(&mut report, object_type, Op::Archive, chunk, &ids, body);
+            let url = self.objects_url(object_type, Op::Archive);
+            self.send(&mut report, &url, Op::Archive, chunk, &ids, body);
         }
         report.finish()
+    }
+
+    fn associate(&mut self, from_type: &str, to_type: &str, links: &[Link]) -> Report {
+        associations::associate(self, from_type, to_type, links)
+    }
+
+    fn dissociate(&mut self, from_type: &str, to_type: &str, links: &[Link]) -> Report {
+        associations::dissociate(self, from_type, to_type, links)
     }
 }
 

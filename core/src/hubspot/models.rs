@@ -6,7 +6,7 @@
 //! malformed list entry is skipped; only a body that is not a JSON object at all is
 //! "unreadable".
 
-use crate::adapter::{Delete, Upsert};
+use crate::adapter::{Delete, Label, Link, Upsert};
 use serde::de::{DeserializeOwned, Deserializer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -76,6 +76,108 @@ pub(crate) fn archive_body(items: &[&Delete]) -> Vec<u8> {
     )
 }
 
+#[derive(Serialize)]
+struct ObjectId<'a> {
+    id: &'a str,
+}
+
+#[derive(Serialize)]
+struct DefaultLinkInput<'a> {
+    from: ObjectId<'a>,
+    to: ObjectId<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AssociationType<'a> {
+    association_category: &'a str,
+    association_type_id: i64,
+}
+
+#[derive(Serialize)]
+struct LabelledLinkInput<'a> {
+    from: ObjectId<'a>,
+    to: ObjectId<'a>,
+    types: Vec<AssociationType<'a>>,
+}
+
+#[derive(Serialize)]
+struct UnlinkInput<'a> {
+    from: ObjectId<'a>,
+    to: Vec<ObjectId<'a>>,
+}
+
+/// Entries by key, in order of first appearance, with the values of every item sharing
+/// the key (no duplicates): several links may be one input.
+fn group<K: PartialEq, V: PartialEq>(items: impl Iterator<Item = (K, V)>) -> Vec<(K, Vec<V>)> {
+    let mut groups: Vec<(K, Vec<V>)> = Vec::new();
+    for (k, v) in items {
+        match groups.iter_mut().find(|(g, _)| *g == k) {
+            Some((_, vs)) if vs.contains(&v) => {}
+            Some((_, vs)) => vs.push(v),
+            None => groups.push((k, vec![v])),
+        }
+    }
+    groups
+}
+
+/// v4 `batch/associate/default`: `{inputs:[{from:{id}, to:{id}}]}`, one input per pair.
+pub(crate) fn associate_default_body(links: &[&Link]) -> Vec<u8> {
+    let pairs = group(
+        links
+            .iter()
+            .map(|l| ((l.from_id.as_str(), l.to_id.as_str()), ())),
+    );
+    to_body(
+        pairs
+            .into_iter()
+            .map(|((from, to), _)| DefaultLinkInput {
+                from: ObjectId { id: from },
+                to: ObjectId { id: to },
+            })
+            .collect(),
+    )
+}
+
+/// v4 `batch/create`: `{inputs:[{from:{id}, to:{id}, types:[{associationCategory,
+/// associationTypeId}]}]}`, one input per pair carrying its links' labels.
+pub(crate) fn associate_labelled_body(links: &[&Link]) -> Vec<u8> {
+    let pairs = group(links.iter().filter_map(|l| {
+        let label: &Label = l.label.as_ref()?;
+        Some(((l.from_id.as_str(), l.to_id.as_str()), label))
+    }));
+    to_body(
+        pairs
+            .into_iter()
+            .map(|((from, to), labels)| LabelledLinkInput {
+                from: ObjectId { id: from },
+                to: ObjectId { id: to },
+                types: labels
+                    .into_iter()
+                    .map(|l| AssociationType {
+                        association_category: &l.category,
+                        association_type_id: l.type_id,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    )
+}
+
+/// v4 `batch/archive`: `{inputs:[{from:{id}, to:[{id}]}]}`, one input per from object.
+pub(crate) fn dissociate_body(links: &[&Link]) -> Vec<u8> {
+    let froms = group(links.iter().map(|l| (l.from_id.as_str(), l.to_id.as_str())));
+    to_body(
+        froms
+            .into_iter()
+            .map(|(from, tos)| UnlinkInput {
+                from: ObjectId { id: from },
+                to: tos.into_iter().map(|id| ObjectId { id }).collect(),
+            })
+            .collect(),
+    )
+}
+
 /// A batch response, or an error response: HubSpot's error bodies are a single error
 /// entry at the top level, batch responses carry `results` and `errors`.
 #[derive(Debug, Default, Deserialize)]
@@ -106,11 +208,30 @@ pub(crate) struct ResultRecord {
     pub id: Option<String>,
     /// Values are strings in HubSpot's answers; kept as JSON to read them leniently.
     pub properties: Value,
+    /// v4 associations: `{from:{id}, to:{id}}` …
+    pub from: Value,
+    pub to: Value,
+    /// … or, for labelled ones, `fromObjectId`/`toObjectId`.
+    #[serde(rename = "fromObjectId", deserialize_with = "lenient_string")]
+    pub from_object_id: Option<String>,
+    #[serde(rename = "toObjectId", deserialize_with = "lenient_string")]
+    pub to_object_id: Option<String>,
 }
 
 impl ResultRecord {
     pub(crate) fn property(&self, name: &str) -> Option<String> {
         self.properties.get(name).and_then(text)
+    }
+
+    /// The two objects of an association result.
+    pub(crate) fn link(&self) -> Option<(String, String)> {
+        let end = |obj: &Value, flat: &Option<String>| {
+            obj.get("id").and_then(text).or_else(|| flat.clone())
+        };
+        Some((
+            end(&self.from, &self.from_object_id)?,
+            end(&self.to, &self.to_object_id)?,
+        ))
     }
 }
 
@@ -245,6 +366,93 @@ mod tests {
         assert_eq!(
             json_of(archive_body(&[&d])),
             json!({"inputs": [{"id": "101"}]})
+        );
+    }
+
+    fn link(from: &str, to: &str, label: Option<(&str, i64)>) -> Link {
+        Link {
+            key: format!("{from}-{to}"),
+            from_id: from.into(),
+            to_id: to.into(),
+            label: label.map(|(category, type_id)| Label {
+                category: category.into(),
+                type_id,
+            }),
+        }
+    }
+
+    #[test]
+    fn associate_default_body_has_one_input_per_pair() {
+        let (a, b, again) = (
+            link("1", "2", None),
+            link("1", "3", None),
+            link("1", "2", None),
+        );
+        assert_eq!(
+            json_of(associate_default_body(&[&a, &b, &again])),
+            json!({"inputs": [
+                {"from": {"id": "1"}, "to": {"id": "2"}},
+                {"from": {"id": "1"}, "to": {"id": "3"}}
+            ]})
+        );
+    }
+
+    #[test]
+    fn associate_labelled_body_groups_a_pairs_labels() {
+        let primary = link("7", "9", Some(("HUBSPOT_DEFINED", 5)));
+        let custom = link("7", "9", Some(("USER_DEFINED", 12)));
+        let other = link("8", "9", Some(("HUBSPOT_DEFINED", 5)));
+        let twice = link("7", "9", Some(("HUBSPOT_DEFINED", 5)));
+        assert_eq!(
+            json_of(associate_labelled_body(&[
+                &primary, &other, &custom, &twice
+            ])),
+            json!({"inputs": [
+                {"from": {"id": "7"}, "to": {"id": "9"}, "types": [
+                    {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 5},
+                    {"associationCategory": "USER_DEFINED", "associationTypeId": 12}
+                ]},
+                {"from": {"id": "8"}, "to": {"id": "9"}, "types": [
+                    {"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 5}
+                ]}
+            ]})
+        );
+    }
+
+    #[test]
+    fn dissociate_body_has_one_input_per_from_object() {
+        let links = [
+            link("1", "2", None),
+            link("4", "2", Some(("HUBSPOT_DEFINED", 5))),
+            link("1", "3", Some(("HUBSPOT_DEFINED", 5))),
+            link("1", "2", Some(("HUBSPOT_DEFINED", 5))),
+        ];
+        let refs: Vec<&Link> = links.iter().collect();
+        assert_eq!(
+            json_of(dissociate_body(&refs)),
+            json!({"inputs": [
+                {"from": {"id": "1"}, "to": [{"id": "2"}, {"id": "3"}]},
+                {"from": {"id": "4"}, "to": [{"id": "2"}]}
+            ]})
+        );
+    }
+
+    #[test]
+    fn association_results_in_both_shapes() {
+        let body = br#"{"status":"COMPLETE","results":[
+            {"from":{"id":"1"},"to":{"id":"2"},"associationSpec":{"associationCategory":"HUBSPOT_DEFINED","associationTypeId":341}},
+            {"fromObjectTypeId":"0-3","fromObjectId":3,"toObjectTypeId":"0-2","toObjectId":"4","labels":[]},
+            {"from":{"id":"5"}}
+        ]}"#;
+        let r = Response::parse(body).unwrap();
+        let links: Vec<_> = r.results.iter().map(ResultRecord::link).collect();
+        assert_eq!(
+            links,
+            [
+                Some(("1".into(), "2".into())),
+                Some(("3".into(), "4".into())),
+                None
+            ]
         );
     }
 

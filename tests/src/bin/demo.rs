@@ -1,7 +1,10 @@
 //! etlify demo: a throwaway PostgreSQL 15 cluster with etlify preloaded and the mock
-//! CRM registered as HubSpot. A `users` table is mirrored as HubSpot contacts; rows
-//! are inserted, updated and deleted step by step while the demo prints what the
-//! CRM holds and what etlify's views say. Everything it starts is stopped at the end.
+//! CRM registered as HubSpot. Companies, users (contacts that carry their company's
+//! name and their investments total) and deals (which need their company's CRM id
+//! and are associated with it) are mirrored; rows are inserted, updated and deleted
+//! step by step while the demo prints what the CRM holds and what etlify's views
+//! say, including a deal buffered until its company reaches the CRM. Everything it
+//! starts is stopped at the end.
 //!
 //! Run with `scripts/demo.sh` (or `cargo run --release -p etlify-e2e --bin etlify-demo`
 //! once the extension is installed and the mock built).
@@ -9,28 +12,64 @@
 use std::time::Duration;
 
 use etlify_e2e::fixtures::{error_text, pending_count};
-use etlify_e2e::report::{objects_table, query_table};
+use etlify_e2e::report::{objects_table, query_table, table};
 use etlify_e2e::{wait_for, Cluster, Mock};
 use postgres::Client;
 
 const SETUP_SQL: &str = r#"CREATE EXTENSION etlify;
 
+CREATE TABLE companies (
+    id     bigint PRIMARY KEY,
+    name   text NOT NULL,
+    domain text UNIQUE              -- NULL until known: such a company is not synced
+);
 CREATE TABLE users (
     id         bigint PRIMARY KEY,
     email      text NOT NULL,
     first_name text,
     last_name  text,
-    active     boolean NOT NULL DEFAULT true,
+    company_id bigint REFERENCES companies,
     note       text
 );
+CREATE TABLE investments (
+    id      bigint PRIMARY KEY,
+    user_id bigint NOT NULL REFERENCES users,
+    amount  numeric(12,2) NOT NULL
+);
+CREATE TABLE deals (
+    id         bigint PRIMARY KEY,
+    company_id bigint NOT NULL REFERENCES companies,
+    title      text NOT NULL,
+    amount     numeric(12,2)
+);
 
--- the CRM payload of a user: HubSpot contact properties
-CREATE FUNCTION contact_payload(u users) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object('email', u.email,
-                              'firstname', u.first_name,
-                              'lastname', u.last_name)
+-- the CRM payloads: HubSpot company, contact and deal properties
+CREATE FUNCTION company_payload(c companies) RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object('domain', c.domain, 'name', c.name)
+$$;
+CREATE FUNCTION contact_payload(u users) RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'email', u.email, 'firstname', u.first_name, 'lastname', u.last_name,
+        'company', (SELECT c.name FROM companies c WHERE c.id = u.company_id),
+        'total_invested', (SELECT coalesce(sum(i.amount), 0)::text FROM investments i WHERE i.user_id = u.id))
+$$;
+CREATE FUNCTION deal_payload(d deals) RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'deal_ref', 'deal-' || d.id,
+        'dealname', d.title || ' (' || c.name || ')',
+        'amount', d.amount::text,
+        'company_crm_id', etlify.crm_id('hubspot', 'companies', c.id::text))
+      FROM companies c WHERE c.id = d.company_id
 $$;"#;
+
+const MAP_SQL: &str = r#"SELECT etlify.sync_table('hubspot', 'companies', 'companies', 'domain', 'company_payload',
+    sync_if => 'domain IS NOT NULL');
+SELECT etlify.sync_table('hubspot', 'users', 'contacts', 'email', 'contact_payload',
+    watch        => ARRAY['email', 'first_name', 'last_name', 'company_id'],
+    dependencies => '["investments", {"table": "companies", "watch": ["name"]}]');
+SELECT etlify.sync_table('hubspot', 'deals', 'deals', 'deal_ref', 'deal_payload',
+    dependencies      => '["companies"]',
+    sync_dependencies => '[{"table": "companies", "associate": true}]');"#;
 
 fn step(n: &mut u32, title: &str) {
     *n += 1;
@@ -58,28 +97,58 @@ fn settle(db: &mut Client) {
     );
 }
 
-fn show_state(db: &mut Client, mock: &Mock) {
+fn show_objects(mock: &Mock, object_type: &str) {
     println!(
-        "\n  CRM (mock) — GET {}/__mock/objects/contacts",
+        "\n  CRM (mock) — GET {}/__mock/objects/{object_type}",
         mock.url()
     );
-    print_indented(&objects_table(&mock.objects("contacts")));
-    let archived = mock.archived("contacts");
+    print_indented(&objects_table(&mock.objects(object_type)));
+    let archived = mock.archived(object_type);
     if !archived.is_empty() {
-        println!("  CRM (mock) — archived contacts");
+        println!("  CRM (mock) — archived {object_type}");
         print_indented(&objects_table(&archived));
     }
+}
+
+fn show_associations(mock: &Mock) {
+    println!("  CRM (mock) — deal → company associations");
+    let rows: Vec<Vec<String>> = mock
+        .associations("deals", "companies")
+        .iter()
+        .map(|a| {
+            let types = a["types"].as_array().map_or(String::new(), |t| {
+                t.iter()
+                    .map(|t| format!("{} {}", t["category"].as_str().unwrap_or(""), t["type_id"]))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            });
+            vec![
+                a["from"].as_str().unwrap_or("").to_string(),
+                a["to"].as_str().unwrap_or("").to_string(),
+                types,
+            ]
+        })
+        .collect();
+    let header = ["deal", "company", "types"].map(String::from);
+    print_indented(&table(&header, &rows));
+}
+
+fn show_state(db: &mut Client, mock: &Mock) {
+    for t in ["companies", "contacts", "deals"] {
+        show_objects(mock, t);
+    }
+    show_associations(mock);
     println!("  etlify.overview");
     print_indented(&query_table(
         db,
-        "SELECT crm, source, synced, pending, failed, parked, skipped, \
-         to_char(last_synced_at, 'HH24:MI:SS.MS') AS last_synced_at FROM etlify.overview",
+        "SELECT crm, source, synced, pending, buffered, failed, parked, skipped, \
+         to_char(last_synced_at, 'HH24:MI:SS.MS') AS last_synced_at FROM etlify.overview ORDER BY source::text",
     ));
     println!("  etlify.sync_status");
     print_indented(&query_table(
         db,
         "SELECT crm, source, key, state, crm_id, to_char(last_synced_at, 'HH24:MI:SS.MS') AS last_synced_at, \
-         error_count, last_error FROM etlify.sync_status ORDER BY key::bigint",
+         error_count, last_error FROM etlify.sync_status ORDER BY source::text, key::bigint",
     ));
     println!("  etlify.sync_log (newest first)");
     print_indented(&query_table(
@@ -115,7 +184,7 @@ fn main() {
 
     step(
         &mut n,
-        "create the extension, a users table and its serializer",
+        "create the extension, four tables and their serializers",
     );
     run(&mut db, SETUP_SQL);
     let worker = cluster.wait_worker_pid();
@@ -123,41 +192,98 @@ fn main() {
 
     step(
         &mut n,
-        "register the mock as HubSpot and mirror users as contacts",
+        "register the mock as HubSpot; mirror companies, users (as contacts) and deals",
     );
     let register = format!(
         "SELECT etlify.register_crm('hubspot', 'hubspot',\n    config => jsonb_build_object('base_url', '{}'),\n    secret => 'demo-token');",
         mock.url()
     );
     run(&mut db, &register);
-    run(
-        &mut db,
-        "SELECT etlify.sync_table('hubspot', 'users', 'contacts',\n    id_property => 'email', serializer => 'contact_payload',\n    watch => ARRAY['email', 'first_name', 'last_name']);",
-    );
+    run(&mut db, MAP_SQL);
 
-    step(&mut n, "insert three users");
+    step(
+        &mut n,
+        "insert two companies, three users, their investments and a deal",
+    );
     run(
         &mut db,
-        "INSERT INTO users (id, email, first_name, last_name) VALUES\n    (1, 'ada@example.com', 'Ada', 'Lovelace'),\n    (2, 'grace@example.com', 'Grace', 'Hopper'),\n    (3, 'alan@example.com', 'Alan', 'Turing');",
+        "INSERT INTO companies VALUES (1, 'Acme', 'acme.example'), (2, 'Globex', 'globex.example');\n\
+         INSERT INTO users (id, email, first_name, last_name, company_id) VALUES\n    \
+         (1, 'ada@example.com', 'Ada', 'Lovelace', 1),\n    \
+         (2, 'grace@example.com', 'Grace', 'Hopper', 1),\n    \
+         (3, 'alan@example.com', 'Alan', 'Turing', 2);\n\
+         INSERT INTO investments VALUES (1, 1, 1000), (2, 1, 250), (3, 3, 500);\n\
+         INSERT INTO deals VALUES (10, 1, 'Anvils', 1200);  -- sent after Acme, with its CRM id, then associated",
     );
     settle(&mut db);
     show_state(&mut db, &mock);
 
     step(
         &mut n,
-        "update a name, change an email, touch an unwatched column",
+        "sync groups: a new investment, a company rename, an unwatched column",
     );
     run(
         &mut db,
-        "UPDATE users SET last_name = 'King' WHERE id = 1;\nUPDATE users SET email = 'grace.hopper@example.com' WHERE id = 2;  -- same contact, updated in place\nUPDATE users SET note = 'VIP' WHERE id = 3;  -- not watched: nothing sent",
+        "INSERT INTO investments VALUES (4, 3, 75);              -- Alan's total_invested: 575.00\n\
+         UPDATE companies SET name = 'Acme Inc' WHERE id = 1;   -- Ada, Grace and the Anvils deal\n\
+         UPDATE users SET note = 'VIP' WHERE id = 3;            -- not watched: nothing sent",
     );
     settle(&mut db);
     show_state(&mut db, &mock);
 
-    step(&mut n, "delete a user");
-    run(&mut db, "DELETE FROM users WHERE id = 3;");
+    step(
+        &mut n,
+        "dependency order: a deal for a company that is not in the CRM yet is buffered",
+    );
+    run(
+        &mut db,
+        "INSERT INTO companies (id, name) VALUES (3, 'Initech');  -- no domain: skipped by sync_if\n\
+         INSERT INTO deals VALUES (11, 3, 'Staplers', 300);",
+    );
+    wait_for(Duration::from_secs(30), "the deal to be buffered", || {
+        let n: i64 = db
+            .query_one(
+                "SELECT count(*) FROM etlify.sync_status WHERE state = 'buffered'",
+                &[],
+            )
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        (n == 1).then_some(())
+    });
+    println!("  etlify.sync_status (deals)");
+    print_indented(&query_table(
+        &mut db,
+        "SELECT key, state, crm_id, last_error FROM etlify.sync_status \
+         WHERE source = 'deals'::regclass ORDER BY key::bigint",
+    ));
+    run(
+        &mut db,
+        "UPDATE companies SET domain = 'initech.example' WHERE id = 3;  -- Initech syncs; its deal follows",
+    );
     settle(&mut db);
     show_state(&mut db, &mock);
+
+    step(
+        &mut n,
+        "a deal moves to another company: its association moves",
+    );
+    run(&mut db, "UPDATE deals SET company_id = 2 WHERE id = 10;");
+    settle(&mut db);
+    show_objects(&mock, "deals");
+    show_associations(&mock);
+
+    step(
+        &mut n,
+        "change an email (same contact, updated in place), delete a user",
+    );
+    run(
+        &mut db,
+        "UPDATE users SET email = 'grace.hopper@example.com' WHERE id = 2;\n\
+         DELETE FROM investments WHERE user_id = 3;\n\
+         DELETE FROM users WHERE id = 3;",
+    );
+    settle(&mut db);
+    show_objects(&mock, "contacts");
 
     step(&mut n, "sync / delete on demand");
     for sql in [
