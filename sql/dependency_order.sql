@@ -51,6 +51,10 @@ BEGIN
         IF v_target IS NULL OR (SELECT c.relkind FROM pg_class c WHERE c.oid = v_target) NOT IN ('r', 'p') THEN
             PERFORM etlify._raise('42P01', format('%s: table "%s" does not exist', v_what, e ->> 'table'));
         END IF;
+        -- whether its records are in the CRM shows through the dependents' state
+        IF NOT has_table_privilege(p_caller, v_target, 'SELECT') THEN
+            PERFORM etlify._raise('42501', format('%s: permission denied for table %s (SELECT is needed)', v_what, v_target));
+        END IF;
         v_pk := etlify._pk_col(v_target);
         IF v_pk IS NULL THEN
             PERFORM etlify._raise('42P16', format('%s: %s has no single-column primary key to reference', v_what, v_target));
@@ -223,9 +227,10 @@ AS $$
     SELECT p.key, p.pos, p.ref,
            p.ref IS NOT NULL AND rec.crm_id IS NULL,
            CASE WHEN p.ref IS NULL OR rec.crm_id IS NOT NULL THEN NULL
-                ELSE format('waits for %s %s%s: %s', n.target, p.ref,
+                ELSE format('waits for %s %s%s: %s', etlify._name_in_path(n.target, m.search_path), p.ref,
                             CASE WHEN n.crm <> m.crm THEN format(' in CRM "%s"', n.crm) ELSE '' END,
-                            CASE WHEN tm.id IS NULL THEN format('%s is not synced to CRM "%s"', n.target, n.crm)
+                            CASE WHEN tm.id IS NULL THEN format('%s is not synced to CRM "%s"',
+                                                                etlify._name_in_path(n.target, m.search_path), n.crm)
                                  WHEN rec.state = 'parked' THEN 'it is parked (' || coalesce(rec.last_error, 'no error') || ')'
                                  WHEN rec.state = 'skipped' THEN 'it is skipped by sync_if'
                                  WHEN rec.state = 'deleted' THEN 'its row does not exist'

@@ -38,7 +38,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/dependency_order.sql",
     name = "dependency_order",
-    requires = ["dependencies"]
+    requires = ["dependencies", keys::_name_in_path]
 );
 extension_sql_file!("../sql/operations.sql", name = "operations", finalize);
 

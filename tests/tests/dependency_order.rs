@@ -376,6 +376,34 @@ fn bad_sync_dependencies_are_refused() {
         Some("0")
     );
 
+    // a role may only wait for the records of a table it can read
+    exec(
+        &mut env.db,
+        "CREATE ROLE dep_adm LOGIN IN ROLE etlify_admin; CREATE TABLE mine (id int PRIMARY KEY, c bigint);
+         ALTER TABLE mine OWNER TO dep_adm;
+         CREATE FUNCTION mine_payload(m mine) RETURNS jsonb LANGUAGE sql AS $$ SELECT jsonb_build_object('k', m.id) $$;
+         ALTER FUNCTION mine_payload(mine) OWNER TO dep_adm;",
+    );
+    let mut adm = env.cluster.connect_as("dep_adm");
+    let e = adm
+        .batch_execute(
+            "SELECT etlify.sync_table('hubspot', 'mine', 'mine', 'k', 'mine_payload', \
+             sync_dependencies => '[{\"table\": \"companies\", \"source_column\": \"c\"}]')",
+        )
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+        "{}",
+        error_text(&e)
+    );
+    assert!(
+        error_text(&e).contains("permission denied for table public.companies"),
+        "{}",
+        error_text(&e)
+    );
+    drop(adm);
+
     // companies → deals → companies: refused when the second closes the cycle
     exec(
         &mut env.db,
