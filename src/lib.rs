@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 
 mod api;
 mod capture;
+mod datums;
 mod engine;
 mod error;
 mod gucs;

@@ -5,6 +5,7 @@
 //! re-check of a million unchanged rows sends nothing and queues nothing. Memory
 //! is bounded by the batch: the keys come from a cursor, `batch_size` at a time.
 
+use crate::datums;
 use crate::engine::store;
 use crate::error::Error;
 use crate::keys::CANONICAL;
@@ -63,7 +64,7 @@ fn _stale_scan(mapping_id: i32, batch_size: i32, force: bool) -> JsonB {
                 let mut cur = c.find_cursor(&cursor)?;
                 let keys = cur
                     .fetch(batch)?
-                    .filter_map(|r| r.get::<String>(1).ok().flatten())
+                    .filter_map(|r| datums::text(&r, 1))
                     .collect();
                 // kept open for the next batch; this connection frees the rows
                 let _ = cur.detach_into_name();
@@ -175,10 +176,8 @@ fn scan(mapping_id: i32, batch: i64, id_property: &str) -> Result<Counts, String
     .ok_or("the mapping was removed")?;
     let gone: Vec<String> = with_settings(&CANONICAL, || {
         Spi::connect(|c| {
-            c.select(gone_sql.as_str(), None, &[]).map(|t| {
-                t.filter_map(|r| r.get::<String>(1).ok().flatten())
-                    .collect()
-            })
+            c.select(gone_sql.as_str(), None, &[])
+                .map(|t| t.filter_map(|r| datums::text(&r, 1)).collect())
         })
     })
     .map_err(|e| e.to_string())?;
@@ -208,9 +207,9 @@ fn scan_batch(b: &Batch<'_>, id_property: &str, counts: &mut Counts) -> Result<b
             let out = cur
                 .fetch(b.size)?
                 .map(|r| {
-                    let key = r.get::<String>(1).ok().flatten().unwrap_or_default();
+                    let key = datums::text(&r, 1).unwrap_or_default();
                     let size = r.get::<i64>(4).ok().flatten();
-                    let payload = r.get::<JsonB>(3).ok().flatten().map(|j| j.0);
+                    let payload = datums::json(&r, 3);
                     let error = match (&payload, size) {
                         (None, Some(size)) if size > b.max => Some(format!(
                             "payload is {size} bytes, more than etlify.max_payload_size ({} kB)",
@@ -251,13 +250,13 @@ fn with_records(mapping_id: i32, mut rows: Vec<Claimed>) -> Vec<Claimed> {
         c.select(RECORDS_OF_KEYS, None, &[mapping_id.into(), keys.into()])
             .map(|t| {
                 t.filter_map(|r| {
-                    let key = r.get::<String>(1).ok().flatten()?;
+                    let key = datums::text(&r, 1)?;
                     Some((
                         key,
                         Claimed {
-                            state: r.get::<String>(2).ok().flatten(),
-                            crm_id: r.get::<String>(3).ok().flatten(),
-                            digest: r.get::<Vec<u8>>(4).ok().flatten(),
+                            state: datums::text(&r, 2),
+                            crm_id: datums::text(&r, 3),
+                            digest: datums::bytes(&r, 4),
                             ..Default::default()
                         },
                     ))

@@ -1,5 +1,6 @@
 //! The drain's calls into its SQL half (sql/operations.sql), one function each.
 
+use crate::datums;
 use crate::restricted;
 use etlify_core::adapter::Label;
 use etlify_core::links::{Held, LinkState};
@@ -101,11 +102,11 @@ pub fn claim(
             )
             .unwrap_or_else(|e| spi_err("claiming records", e));
         rows.map(|r| Claimed {
-            key: r.get::<String>(1).ok().flatten().unwrap_or_default(),
+            key: datums::text(&r, 1).unwrap_or_default(),
             seq: r.get::<i64>(2).ok().flatten(),
-            state: r.get::<String>(3).ok().flatten(),
-            crm_id: r.get::<String>(4).ok().flatten(),
-            digest: r.get::<Vec<u8>>(5).ok().flatten(),
+            state: datums::text(&r, 3),
+            crm_id: datums::text(&r, 4),
+            digest: datums::bytes(&r, 5),
             shared: r.get::<bool>(6).ok().flatten().unwrap_or(false),
             ..Default::default()
         })
@@ -164,7 +165,7 @@ fn awaited(mapping_id: i32, claimed: &mut [Claimed], refs: &[Option<Vec<Option<S
             )
             .unwrap_or_else(|e| spi_err("looking up sync dependencies", e));
         for r in rows {
-            let text = |i: usize| r.get::<String>(i).ok().flatten();
+            let text = |i: usize| datums::text(&r, i);
             let (Some(key), Some(position)) = (text(1), r.get::<i32>(2).ok().flatten()) else {
                 continue;
             };
@@ -186,7 +187,7 @@ fn awaited(mapping_id: i32, claimed: &mut [Claimed], refs: &[Option<Vec<Option<S
                     }
                 }
             }
-            let associate = r.get::<JsonB>(8).ok().flatten().map(|j| j.0);
+            let associate = datums::json(&r, 8);
             let (held_from, held_to) = (text(9), text(10));
             if associate.is_some() || held_to.is_some() {
                 c.links.push(LinkState {
@@ -380,10 +381,7 @@ fn load_refs(
                 Spi::connect(|client| {
                     client
                         .select(sql, None, &[keys.into()])
-                        .map(|rows| {
-                            rows.map(|r| r.get::<Vec<Option<String>>>(2).ok().flatten())
-                                .collect::<Vec<_>>()
-                        })
+                        .map(|rows| rows.map(|r| datums::texts(&r, 2)).collect::<Vec<_>>())
                         .unwrap_or_else(|e| pgrx::error!("{e}"))
                 })
             })
@@ -401,10 +399,10 @@ fn fetch_rows(sql: &str, keys: Vec<String>, max_payload: i64) -> Vec<Fetched> {
             .select(sql, None, &[keys.into(), max_payload.into()])
             .map(|rows| {
                 rows.map(|r| Fetched {
-                    key: r.get::<String>(1).ok().flatten().unwrap_or_default(),
+                    key: datums::text(&r, 1).unwrap_or_default(),
                     present: r.get::<bool>(2).ok().flatten().unwrap_or(false),
                     included: r.get::<bool>(3).ok().flatten().unwrap_or(false),
-                    payload: r.get::<JsonB>(4).ok().flatten().map(|j| j.0),
+                    payload: datums::json(&r, 4),
                     size: r.get::<i64>(5).ok().flatten(),
                 })
                 .collect()
