@@ -165,16 +165,71 @@ BEGIN
 END
 $$;
 
+-- A column's type (NULL if there is no such column).
+CREATE FUNCTION etlify._col_type(p_rel regclass, p_col name) RETURNS oid
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT a.atttypid FROM pg_attribute a
+     WHERE a.attrelid = p_rel AND a.attname = p_col AND a.attnum > 0 AND NOT a.attisdropped;
+$$;
+
+-- A type with its domains looked through.
+CREATE FUNCTION etlify._base_type(p_type oid) RETURNS oid
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH RECURSIVE d (oid, base, depth) AS (
+        SELECT t.oid, t.typbasetype, 0 FROM pg_type t WHERE t.oid = p_type
+        UNION ALL
+        SELECT t.oid, t.typbasetype, d.depth + 1 FROM d JOIN pg_type t ON t.oid = d.base WHERE d.depth < 100
+    )
+    SELECT oid FROM d WHERE base = 0 ORDER BY depth LIMIT 1;
+$$;
+
+-- Whether values of two types spell alike as text: one base type, or two integer
+-- types, or two string types.
+CREATE FUNCTION etlify._same_spelling(p_a oid, p_b oid) RETURNS boolean
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT a = b
+        OR (a IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
+            AND b IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype))
+        OR (a IN ('text'::regtype, 'varchar'::regtype) AND b IN ('text'::regtype, 'varchar'::regtype))
+      FROM (SELECT etlify._base_type(p_a)::regtype AS a, etlify._base_type(p_b)::regtype AS b) t;
+$$;
+
+
 -- What a member's capture trigger needs (src/members.rs): the mapping's owner and
--- search_path (where and keys are the owner's SQL), and the statement.
+-- search_path (where and keys are the owner's SQL), and the statement. And when
+-- the changed rows hold the source keys themselves, in a column whose values
+-- spell like the keys (has_many by foreign key or "column", or a "through"
+-- table's own rows) and no `where` reads them: that column (direct_col), and the
+-- columns whose change counts (direct_watch; NULL: all of them). The trigger then
+-- reads the keys from the transition tables itself, with no query (the common
+-- case: a bulk UPDATE of investments pays no join).
 CREATE FUNCTION etlify._member_plan(p_mapping int, p_position int, p_role text, p_event text,
-                                    OUT owner oid, OUT search_path text, OUT sql text)
+                                    OUT owner oid, OUT search_path text, OUT sql text,
+                                    OUT direct_col name, OUT direct_watch text[])
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT m.owner::oid, m.search_path,
-           etlify._member_sql(p_mapping, p_position, p_role, p_event, 'etlify_new', 'etlify_old')
-      FROM etlify.mappings m WHERE m.id = p_mapping;
+           etlify._member_sql(p_mapping, p_position, p_role, p_event, 'etlify_new', 'etlify_old'),
+           d.col,
+           CASE WHEN d.col IS NOT NULL AND mb.role = 'member' AND mb.watch IS NOT NULL
+                THEN ARRAY(SELECT DISTINCT c FROM unnest(mb.watch || ARRAY[mb.member_col::text]) AS c) END
+      FROM etlify.mappings m
+      LEFT JOIN etlify.members mb ON mb.mapping_id = m.id AND mb.position = p_position AND mb.role = p_role
+      LEFT JOIN LATERAL (
+          SELECT CASE WHEN mb.role = 'member' AND mb.form = 'has' AND mb.where_sql IS NULL THEN mb.member_col
+                      WHEN mb.role = 'link' THEN mb.link_source_col END AS col
+      ) c0 ON true
+      LEFT JOIN LATERAL (
+          SELECT c0.col WHERE etlify._same_spelling(etlify._col_type(mb.member, c0.col), m.key_type)
+      ) d ON true
+     WHERE m.id = p_mapping;
 $$;
 
 -- Resolves and checks sync_table's dependencies (see SQL-API.md, "Sync groups"),

@@ -142,41 +142,6 @@ BEGIN
 END
 $$;
 
--- A column's type (NULL if there is no such column).
-CREATE FUNCTION etlify._col_type(p_rel regclass, p_col name) RETURNS oid
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT a.atttypid FROM pg_attribute a
-     WHERE a.attrelid = p_rel AND a.attname = p_col AND a.attnum > 0 AND NOT a.attisdropped;
-$$;
-
--- Whether values of two types spell alike as text: one base type, or two integer
--- types, or two string types.
-CREATE FUNCTION etlify._same_spelling(p_a oid, p_b oid) RETURNS boolean
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT a = b
-        OR (a IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
-            AND b IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype))
-        OR (a IN ('text'::regtype, 'varchar'::regtype) AND b IN ('text'::regtype, 'varchar'::regtype))
-      FROM (SELECT etlify._base_type(p_a)::regtype AS a, etlify._base_type(p_b)::regtype AS b) t;
-$$;
-
--- A type with its domains looked through.
-CREATE FUNCTION etlify._base_type(p_type oid) RETURNS oid
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    WITH RECURSIVE d (oid, base, depth) AS (
-        SELECT t.oid, t.typbasetype, 0 FROM pg_type t WHERE t.oid = p_type
-        UNION ALL
-        SELECT t.oid, t.typbasetype, d.depth + 1 FROM d JOIN pg_type t ON t.oid = d.base WHERE d.depth < 100
-    )
-    SELECT oid FROM d WHERE base = 0 ORDER BY depth LIMIT 1;
-$$;
-
 -- The statement that loads the references of a batch of keys ($1, text[]): one
 -- row per key in the order given, with the keys it references, one per sync
 -- dependency in position order, spelled canonically (NULL: no reference, or no
@@ -275,28 +240,31 @@ END
 $$;
 
 -- Releases the buffered records that wait for records of mapping p_mapping that
--- now have a CRM id (p_keys, or every one with NULL): they are dirty again, and go
--- out in this drain round if their mapping comes later in it (etlify._work).
+-- just synced (p_keys): they are dirty again, and go out in this drain round if
+-- their mapping comes later in it (etlify._work). Called for every batch that
+-- synced something: costs one lookup in etlify.needs when no one can wait.
 CREATE FUNCTION etlify._release(p_mapping int, p_keys text[]) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
-    d record;
+    n record;
+    v_keys text[];
 BEGIN
-    FOR d IN
-        SELECT rec.mapping_id, array_agg(rec.key) AS keys
+    FOR n IN
+        SELECT w.mapping_id, w.position
           FROM etlify.mappings tm
-          JOIN etlify.needs n ON n.crm = tm.crm AND n.target = tm.source
-          JOIN etlify.records rec ON rec.state = 'buffered' AND rec.mapping_id = n.mapping_id
-                                 AND rec.waits_position = n.position
-          JOIN etlify.records ref ON ref.mapping_id = tm.id AND ref.key = rec.waits_key
-         WHERE tm.id = p_mapping AND ref.crm_id IS NOT NULL
-           AND (p_keys IS NULL OR rec.waits_key = ANY (p_keys))
-         GROUP BY rec.mapping_id
+          JOIN etlify.needs w ON w.crm = tm.crm AND w.target = tm.source
+         WHERE tm.id = p_mapping
     LOOP
-        PERFORM etlify._dirty(d.mapping_id, d.keys, now());
+        -- the partial index on waits_key: one probe per synced key
+        v_keys := ARRAY(SELECT rec.key FROM etlify.records rec
+                         WHERE rec.state = 'buffered' AND rec.waits_key = ANY (p_keys)
+                           AND rec.mapping_id = n.mapping_id AND rec.waits_position = n.position);
+        IF cardinality(v_keys) > 0 THEN
+            PERFORM etlify._dirty(n.mapping_id, v_keys, now());
+        END IF;
     END LOOP;
 END
 $$;

@@ -24,9 +24,9 @@ thread_local! {
 type CaptureError = crate::error::Error;
 
 /// A column the trigger reads: where it is and how to compare its values.
-struct Column {
-    attno: i32,
-    byval: bool,
+pub(crate) struct Column {
+    pub(crate) attno: i32,
+    pub(crate) byval: bool,
     len: i16,
 }
 
@@ -41,7 +41,10 @@ impl Column {
 }
 
 /// Attribute `i` (0-based) of a tuple descriptor.
-unsafe fn attribute<'a>(tupdesc: pg_sys::TupleDesc, i: usize) -> &'a pg_sys::FormData_pg_attribute {
+pub(crate) unsafe fn attribute<'a>(
+    tupdesc: pg_sys::TupleDesc,
+    i: usize,
+) -> &'a pg_sys::FormData_pg_attribute {
     &*(*tupdesc).attrs.as_ptr().add(i)
 }
 
@@ -325,7 +328,10 @@ fn append_spi(
     })
 }
 
-unsafe fn column(tupdesc: pg_sys::TupleDesc, name: &str) -> Result<Column, CaptureError> {
+pub(crate) unsafe fn column(
+    tupdesc: pg_sys::TupleDesc,
+    name: &str,
+) -> Result<Column, CaptureError> {
     (0..(*tupdesc).natts as usize)
         .map(|i| attribute(tupdesc, i))
         .find(|att| {
@@ -342,7 +348,7 @@ unsafe fn column(tupdesc: pg_sys::TupleDesc, name: &str) -> Result<Column, Captu
         })
 }
 
-unsafe fn all_columns(tupdesc: pg_sys::TupleDesc) -> Vec<Column> {
+pub(crate) unsafe fn all_columns(tupdesc: pg_sys::TupleDesc) -> Vec<Column> {
     (0..(*tupdesc).natts as usize)
         .map(|i| attribute(tupdesc, i))
         .filter(|att| !att.attisdropped)
@@ -352,14 +358,14 @@ unsafe fn all_columns(tupdesc: pg_sys::TupleDesc) -> Vec<Column> {
 
 /// Reads a transition table row by row, with a read pointer of its own (other
 /// triggers of the statement read the same store).
-struct Reader {
+pub(crate) struct Reader {
     store: *mut pg_sys::Tuplestorestate,
     ptr: i32,
     slot: *mut pg_sys::TupleTableSlot,
 }
 
 impl Reader {
-    unsafe fn open(
+    pub(crate) unsafe fn open(
         store: *mut pg_sys::Tuplestorestate,
         tupdesc: pg_sys::TupleDesc,
     ) -> Option<Reader> {
@@ -374,7 +380,7 @@ impl Reader {
     }
 
     /// The next row; valid until the next call.
-    unsafe fn next(&mut self) -> Option<*mut pg_sys::TupleTableSlot> {
+    pub(crate) unsafe fn next(&mut self) -> Option<*mut pg_sys::TupleTableSlot> {
         pg_sys::tuplestore_select_read_pointer(self.store, self.ptr);
         pg_sys::tuplestore_gettupleslot(self.store, true, false, self.slot).then_some(self.slot)
     }
@@ -388,7 +394,7 @@ impl Drop for Reader {
 }
 
 /// Walks a transition table, calling `f` with each row in a slot.
-unsafe fn each_row(
+pub(crate) unsafe fn each_row(
     store: *mut pg_sys::Tuplestorestate,
     tupdesc: pg_sys::TupleDesc,
     mut f: impl FnMut(*mut pg_sys::TupleTableSlot),
@@ -400,7 +406,7 @@ unsafe fn each_row(
     }
 }
 
-unsafe fn attr(slot: *mut pg_sys::TupleTableSlot, attno: i32) -> Option<pg_sys::Datum> {
+pub(crate) unsafe fn attr(slot: *mut pg_sys::TupleTableSlot, attno: i32) -> Option<pg_sys::Datum> {
     let mut isnull = false;
     let d = pg_sys::slot_getattr(slot, attno, &mut isnull);
     (!isnull).then_some(d)
@@ -408,10 +414,10 @@ unsafe fn attr(slot: *mut pg_sys::TupleTableSlot, attno: i32) -> Option<pg_sys::
 
 /// The key's text form, read from a slot (spelled by keys.rs, under the canonical
 /// settings where the type needs them: see capture()).
-struct KeyText(crate::keys::Output);
+pub(crate) struct KeyText(crate::keys::Output);
 
 impl KeyText {
-    unsafe fn new(tupdesc: pg_sys::TupleDesc, key: &Column) -> Self {
+    pub(crate) unsafe fn new(tupdesc: pg_sys::TupleDesc, key: &Column) -> Self {
         let att = attribute(tupdesc, (key.attno - 1) as usize);
         KeyText(crate::keys::Output::of_type(att.atttypid))
     }
@@ -420,7 +426,7 @@ impl KeyText {
         attr(slot, key.attno).map(|d| self.spell(d))
     }
 
-    unsafe fn spell(&self, d: pg_sys::Datum) -> String {
+    pub(crate) unsafe fn spell(&self, d: pg_sys::Datum) -> String {
         self.0.spell(d)
     }
 }
@@ -539,7 +545,7 @@ impl Drop for RowSlot {
 }
 
 /// Whether a column holds the same value in two rows: equal binary images.
-unsafe fn same_value(
+pub(crate) unsafe fn same_value(
     a: *mut pg_sys::TupleTableSlot,
     b: *mut pg_sys::TupleTableSlot,
     c: &Column,

@@ -19,6 +19,7 @@ use crate::error::Error;
 use crate::restricted;
 use pgrx::prelude::*;
 use pgrx::PgTrigger;
+use rustc_hash::FxHashSet;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -28,6 +29,16 @@ struct Plan {
     owner: pg_sys::Oid,
     search_path: String,
     sql: String,
+    /// The changed rows hold the source keys in this column: read them from the
+    /// transition tables, no query (etlify._member_plan says when).
+    direct: Option<Direct>,
+}
+
+#[derive(Clone)]
+struct Direct {
+    column: String,
+    /// The columns whose change counts for an UPDATE; None: every column.
+    watch: Option<Vec<String>>,
 }
 
 type PlanKey = (i32, i32, String, &'static str);
@@ -80,6 +91,20 @@ fn capture(trigger: &PgTrigger<'_>) -> Result<(), Error> {
         return Ok(());
     };
     let td: *const pg_sys::TriggerData = trigger.trigger_data();
+    if let Some(direct) = &plan.direct {
+        // SAFETY: an AFTER statement trigger's relation and transition tables are
+        // valid for the call
+        if let Some(keys) = unsafe { direct_keys(td, direct, event)? } {
+            for k in keys {
+                sink.key(k)?;
+            }
+            sink.flush()?;
+            if sink.wrote {
+                crate::wake::_wake();
+            }
+            return Ok(());
+        }
+    }
     let path = restricted::owner_search_path(&plan.search_path);
     let mut settings = vec![(c"search_path", path.as_str())];
     settings.extend(crate::keys::CANONICAL);
@@ -144,7 +169,8 @@ fn plan(
     let built = Spi::connect(|client| {
         let row = client
             .select(
-                "SELECT owner, search_path, sql FROM etlify._member_plan($1, $2, $3, $4)",
+                "SELECT owner, search_path, sql, direct_col::text, direct_watch \
+                 FROM etlify._member_plan($1, $2, $3, $4)",
                 None,
                 &[
                     mapping_id.into(),
@@ -164,6 +190,10 @@ fn plan(
                     owner,
                     search_path,
                     sql,
+                    direct: row.get::<String>(4)?.map(|column| Direct {
+                        column,
+                        watch: row.get::<Vec<String>>(5).ok().flatten(),
+                    }),
                 }),
                 _ => None,
             },
@@ -172,4 +202,79 @@ fn plan(
     .map_err(|e| Error::internal(format!("etlify: member capture trigger: {e}")))?;
     PLANS.with(|c| c.borrow_mut().insert(key, (generation, built.clone())));
     Ok(built)
+}
+
+/// The source keys of a statement's changed rows, read from the transition tables
+/// when they hold the keys in a column (`Direct`): an inserted or deleted row's
+/// value, an updated row's old value if a counted column changed, and its new one
+/// if that column did. None when the tables do not pair up as an UPDATE's do (the
+/// query then decides).
+///
+/// # Safety
+/// `td` is an AFTER statement trigger's data, valid for the call.
+unsafe fn direct_keys(
+    td: *const pg_sys::TriggerData,
+    direct: &Direct,
+    event: &str,
+) -> Result<Option<Vec<String>>, Error> {
+    use crate::capture::{all_columns, attr, column, each_row, same_value, KeyText, Reader};
+    let td = &*td;
+    let tupdesc = (*td.tg_relation).rd_att;
+    let col = column(tupdesc, &direct.column)?;
+    let col_type = crate::capture::attribute(tupdesc, (col.attno - 1) as usize).atttypid;
+    let text = KeyText::new(tupdesc, &col);
+    // a bulk statement names few records many times: each value is spelled once
+    let mut by_value: FxHashSet<u64> = FxHashSet::default();
+    let mut spelled: FxHashSet<String> = FxHashSet::default();
+    let mut take = |slot: *mut pg_sys::TupleTableSlot| {
+        if let Some(d) = attr(slot, col.attno) {
+            if col.byval {
+                if by_value.insert(d.value() as u64) {
+                    spelled.insert(text.spell(d));
+                }
+            } else {
+                spelled.insert(text.spell(d));
+            }
+        }
+    };
+    let complete = crate::keys::spelled(col_type, || match event {
+        "INSERT" => {
+            each_row(td.tg_newtable, tupdesc, &mut take);
+            Ok::<_, Error>(true)
+        }
+        "DELETE" => {
+            each_row(td.tg_oldtable, tupdesc, &mut take);
+            Ok(true)
+        }
+        _ => {
+            let counted = match &direct.watch {
+                None => all_columns(tupdesc),
+                Some(names) => names
+                    .iter()
+                    .map(|n| column(tupdesc, n))
+                    .collect::<Result<Vec<_>, _>>()?,
+            };
+            let (Some(mut o), Some(mut n)) = (
+                Reader::open(td.tg_oldtable, tupdesc),
+                Reader::open(td.tg_newtable, tupdesc),
+            ) else {
+                return Ok(false);
+            };
+            loop {
+                match (o.next(), n.next()) {
+                    (None, None) => return Ok(true),
+                    (Some(os), Some(ns)) => {
+                        if !counted.iter().all(|c| same_value(os, ns, c)) {
+                            take(os);
+                            if !same_value(os, ns, &col) {
+                                take(ns);
+                            }
+                        }
+                    }
+                    _ => return Ok(false),
+                }
+            }
+        }
+    })?;
+    Ok(complete.then(|| spelled.into_iter().collect()))
 }
