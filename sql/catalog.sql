@@ -87,7 +87,7 @@ BEGIN
     END IF;
     -- adapter name, its config keys and the batch size it can take (Rust: etlify_core::validate)
     PERFORM etlify._validate_adapter($2, v_config, $9,
-        $4 IS NOT NULL OR EXISTS (SELECT 1 FROM etlify.crm_secrets s WHERE s.crm = v_name));
+        $4 IS NOT NULL OR EXISTS (SELECT 1 FROM etlify.crm_secrets s WHERE s.crm = v_name), $4);
 
     -- registering (again) here makes this database the CRM's home: it lifts a hold
     INSERT INTO etlify.crms AS c (name, adapter, config, enabled, rate_limit, rate_period, max_sync_errors,

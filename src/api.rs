@@ -45,12 +45,21 @@ impl Host for InlineHost {
     }
 }
 
-/// register_crm's check of the adapter name, its config, its batch size and
-/// whether it has the secret it needs (building the adapter checks all of it;
+/// register_crm's check of the adapter name, its config, its batch size,
+/// whether it has the secret it needs and whether a new one can be sent (building the adapter checks all of it;
 /// nothing is sent).
 #[pg_extern(volatile)]
-fn _validate_adapter(adapter: &str, config: JsonB, batch_size: Option<i32>, has_secret: bool) {
+fn _validate_adapter(
+    adapter: &str,
+    config: JsonB,
+    batch_size: Option<i32>,
+    has_secret: bool,
+    new_secret: Option<&str>,
+) {
     if let Err(e) = adapter::validate(adapter, &config.0) {
+        Error::invalid(format!("etlify.register_crm: {e}")).raise();
+    }
+    if let Err(e) = new_secret.map_or(Ok(()), adapter::check_secret) {
         Error::invalid(format!("etlify.register_crm: {e}")).raise();
     }
     if let Some(n) = batch_size.filter(|n| *n <= 0) {

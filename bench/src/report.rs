@@ -87,6 +87,18 @@ impl Figures<'_> {
                 (Target::Info, "—"),
                 0.0,
             ),
+            // its own memory: VmRSS also counts the shared buffers the scan touched
+            Row::new(
+                "↳ peak backend RssAnon during sync_stale",
+                mb(g.stale_peak.rss_anon_kb),
+                format!("{} (idle backend)", mb(g.idle_backend.rss_anon_kb)),
+                format!(
+                    "{:.1}×",
+                    g.stale_peak.rss_anon_kb as f64 / g.idle_backend.rss_anon_kb.max(1) as f64
+                ),
+                (Target::AtMost(100.0 * 1024.0), "≤ 100 MB (bounded)"),
+                g.stale_peak.rss_anon_kb as f64,
+            ),
             Row::new(
                 format!(
                     "{}-row UPDATE of a has_many member (s, mapped)",

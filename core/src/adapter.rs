@@ -142,6 +142,34 @@ pub fn validate(adapter: &str, config: &serde_json::Value) -> Result<(), String>
     }
 }
 
+/// Whether a secret can be sent at all: it travels in an HTTP header, which
+/// carries visible ASCII only. Checked when it is registered, so that a token
+/// pasted with a newline or a typographic quote is refused at once, not retried
+/// by the worker forever. The error never shows the secret.
+pub fn check_secret(secret: &str) -> Result<(), String> {
+    if secret.trim().is_empty() {
+        return Err("the secret is empty".into());
+    }
+    if secret.trim() != secret {
+        return Err("the secret starts or ends with whitespace".into());
+    }
+    match secret.chars().position(|c| !(' '..='~').contains(&c)) {
+        Some(i) => {
+            let c = secret.chars().nth(i).unwrap_or_default();
+            let what = if c.is_control() {
+                "a control character"
+            } else {
+                "a character that is not ASCII"
+            };
+            Err(format!(
+                "the secret has {what} at position {} (an HTTP header carries visible ASCII only)",
+                i + 1
+            ))
+        }
+        None => Ok(()),
+    }
+}
+
 /// Builds the adapter. Adapters known now: "hubspot", "null".
 pub fn build(settings: &CrmSettings, pacer: Box<dyn Pacer>) -> Result<Box<dyn CrmAdapter>, String> {
     match settings.adapter.as_str() {
@@ -422,6 +450,23 @@ mod tests {
             ]
         );
         assert_eq!(r.pause, Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn secrets_that_cannot_be_sent_are_refused_without_being_shown() {
+        assert!(check_secret("pat-na1-0123abcd").is_ok());
+        for (bad, why) in [
+            ("", "empty"),
+            ("   ", "empty"),
+            (" pat-1", "whitespace"),
+            ("pat-1\n", "whitespace"),
+            ("pat\u{7}1", "control character at position 4"),
+            ("pat-“1”", "not ASCII at position 5"),
+        ] {
+            let e = check_secret(bad).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+            assert!(bad.trim().is_empty() || !e.contains(bad.trim()), "{e}");
+        }
     }
 
     #[test]

@@ -143,6 +143,25 @@ fn unknown_adapter_is_rejected_and_the_registration_left_as_it_was() {
     assert_correct_declaration_works(&mut env);
 }
 
+/// A secret that an HTTP header cannot carry is refused when it is registered
+/// (issue 12), not retried by the worker: the error says why and never shows it.
+#[test]
+fn a_secret_that_cannot_be_sent_is_refused_at_once() {
+    let mut env = Env::start("", "");
+    for (secret, why) in [
+        ("''", "empty"),
+        ("E'tok-123\\n'", "whitespace"),
+        ("E'tok\\x01-123'", "control character at position 4"),
+        ("'tok-’123'", "not ascii at position 5"),
+    ] {
+        let sql = format!("SELECT etlify.register_crm('hubspot', 'hubspot', secret => {secret})");
+        assert_rejected(&mut env, &sql, &[&[why], &["secret"]]);
+        let e = env.db.batch_execute(&sql).unwrap_err();
+        assert!(!error_text(&e).contains("tok"), "{}", error_text(&e));
+    }
+    assert_correct_declaration_works(&mut env);
+}
+
 #[test]
 fn unknown_column_is_rejected() {
     let mut env = Env::start("", "");
