@@ -684,29 +684,22 @@ BEGIN
     LOOP
         PERFORM etlify._forget_mapping(v_mapping.id);
     END LOOP;
-    -- A table that feeds other mappings' records (a dependency) stays while they
-    -- name it. Tables dropped with their mapping's source go.
+    -- A table that feeds other mappings' records (a dependency), or that their
+    -- records wait for (a sync dependency), stays while they name it. Tables
+    -- dropped with their mapping's source go.
     FOR v_member IN
-        SELECT DISTINCT d.object_identity AS member, m.source::text AS source, m.crm
-          FROM etlify.members mb
-          JOIN etlify.mappings m ON m.id = mb.mapping_id
-          JOIN pg_event_trigger_dropped_objects() d ON d.objid = mb.member::oid
+        SELECT DISTINCT d.object_identity AS member, m.source::text AS source, m.crm, x.how
+          FROM (SELECT mb.mapping_id, mb.member AS rel, 'feeds the records of %2$s (CRM "%3$s") as a dependency' AS how
+                  FROM etlify.members mb
+                UNION ALL
+                SELECT n.mapping_id, n.target, 'holds records that the records of %2$s (CRM "%3$s") wait for (a sync dependency)'
+                  FROM etlify.needs n) x
+          JOIN etlify.mappings m ON m.id = x.mapping_id
+          JOIN pg_event_trigger_dropped_objects() d ON d.objid = x.rel::oid
          WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0
     LOOP
-        PERFORM etlify._raise('2BP01', format('etlify: table %s feeds the records of %s (CRM "%s") as a dependency',
+        PERFORM etlify._raise('2BP01', format('etlify: table %1$s ' || v_member.how,
                                               v_member.member, v_member.source, v_member.crm),
-            'Declare that mapping again without it first: etlify.unsync_table(), then etlify.sync_table().');
-    END LOOP;
-    -- The same for a table that other mappings' records wait for (a sync dependency).
-    FOR v_member IN
-        SELECT DISTINCT d.object_identity AS member, m.source::text AS source, m.crm
-          FROM etlify.needs n
-          JOIN etlify.mappings m ON m.id = n.mapping_id
-          JOIN pg_event_trigger_dropped_objects() d ON d.objid = n.target::oid
-         WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0
-    LOOP
-        PERFORM etlify._raise('2BP01', format('etlify: the records of %s (CRM "%s") wait for the records of table %s (a sync dependency)',
-                                              v_member.source, v_member.crm, v_member.member),
             'Declare that mapping again without it first: etlify.unsync_table(), then etlify.sync_table().');
     END LOOP;
     FOR v_id IN SELECT DISTINCT mb.mapping_id FROM etlify.members mb

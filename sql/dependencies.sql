@@ -232,6 +232,44 @@ AS $$
      WHERE m.id = p_mapping;
 $$;
 
+-- The elements of sync_table's `dependencies` or `sync_dependencies` list
+-- (p_option), numbered from 1, each as an object with "table" (a bare name
+-- becomes one), with the words that name it in errors. A list that is not an
+-- array, an element that is neither, or a key not in p_keys, is an error naming
+-- it. NULL: no elements.
+CREATE FUNCTION etlify._elements(p_list jsonb, p_option text, p_noun text, p_keys text[])
+RETURNS TABLE (pos int, element jsonb, what text)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_extra text;
+BEGIN
+    IF p_list IS NULL THEN
+        RETURN;
+    END IF;
+    IF jsonb_typeof(p_list) <> 'array' THEN
+        PERFORM etlify._raise('22023', format('etlify.sync_table: %s must be a JSON array, got %s', p_option, p_list));
+    END IF;
+    pos := 0;
+    FOR element IN SELECT x FROM jsonb_array_elements(p_list) AS x LOOP
+        pos := pos + 1;
+        what := format('etlify.sync_table: %s %s (%s)', p_noun, pos, element);
+        IF jsonb_typeof(element) = 'string' THEN
+            element := jsonb_build_object('table', element);
+        ELSIF jsonb_typeof(element) <> 'object' OR jsonb_typeof(element -> 'table') IS DISTINCT FROM 'string' THEN
+            PERFORM etlify._raise('22023', format('%s: an element is a table name or an object with "table"', what));
+        END IF;
+        v_extra := (SELECT string_agg(k, ', ') FROM jsonb_object_keys(element) AS k WHERE NOT (k = ANY (p_keys)));
+        IF v_extra IS NOT NULL THEN
+            PERFORM etlify._raise('22023', format('%s: unknown key %s (expected: %s)',
+                                                  what, v_extra, array_to_string(p_keys, ', ')));
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
 -- Resolves and checks sync_table's dependencies (see SQL-API.md, "Sync groups"),
 -- writes etlify.members and installs the members' capture triggers. Runs inside
 -- etlify._declare_mapping, as the extension's owner; p_caller is the declaring role.
@@ -258,26 +296,10 @@ DECLARE
     v_what   text;
     v_checks text := '(SELECT * FROM ONLY %s LIMIT 0)';
 BEGIN
-    IF p_deps IS NULL THEN
-        RETURN;
-    END IF;
-    IF jsonb_typeof(p_deps) <> 'array' THEN
-        PERFORM etlify._raise('22023', format('etlify.sync_table: dependencies must be a JSON array, got %s', p_deps));
-    END IF;
-    FOR e IN SELECT x FROM jsonb_array_elements(p_deps) AS x LOOP
-        v_pos := v_pos + 1;
-        v_what := format('etlify.sync_table: dependency %s (%s)', v_pos, e);
-        IF jsonb_typeof(e) = 'string' THEN
-            e := jsonb_build_object('table', e);
-        ELSIF jsonb_typeof(e) <> 'object' OR jsonb_typeof(e -> 'table') IS DISTINCT FROM 'string' THEN
-            PERFORM etlify._raise('22023', format('%s: an element is a table name or an object with "table"', v_what));
-        END IF;
-        v_col := (SELECT string_agg(k, ', ') FROM jsonb_object_keys(e) AS k
-                   WHERE k NOT IN ('table', 'watch', 'where', 'column', 'source_column', 'through', 'keys'));
-        IF v_col IS NOT NULL THEN
-            PERFORM etlify._raise('22023', format('%s: unknown key %s (expected: table, watch, where, column, '
-                                                  'source_column, through, keys)', v_what, v_col));
-        END IF;
+    FOR v_pos, e, v_what IN
+        SELECT * FROM etlify._elements(p_deps, 'dependencies', 'dependency',
+                                       '{table, watch, where, column, source_column, through, keys}')
+    LOOP
         v_ways := ARRAY(SELECT k FROM jsonb_object_keys(e) AS k
                          WHERE k IN ('column', 'source_column', 'through', 'keys'));
         IF cardinality(v_ways) > 1 THEN

@@ -16,7 +16,6 @@ DECLARE
     v_pos    int := 0;
     e        jsonb;
     v_what   text;
-    v_extra  text;
     v_target regclass;
     v_crm    text;
     v_col    name;
@@ -29,23 +28,10 @@ BEGIN
     IF p_needs IS NULL THEN
         RETURN;
     END IF;
-    IF jsonb_typeof(p_needs) <> 'array' THEN
-        PERFORM etlify._raise('22023', format('etlify.sync_table: sync_dependencies must be a JSON array, got %s', p_needs));
-    END IF;
-    FOR e IN SELECT x FROM jsonb_array_elements(p_needs) AS x LOOP
-        v_pos := v_pos + 1;
-        v_what := format('etlify.sync_table: sync dependency %s (%s)', v_pos, e);
-        IF jsonb_typeof(e) = 'string' THEN
-            e := jsonb_build_object('table', e);
-        ELSIF jsonb_typeof(e) <> 'object' OR jsonb_typeof(e -> 'table') IS DISTINCT FROM 'string' THEN
-            PERFORM etlify._raise('22023', format('%s: an element is a table name or an object with "table"', v_what));
-        END IF;
-        v_extra := (SELECT string_agg(k, ', ') FROM jsonb_object_keys(e) AS k
-                     WHERE k NOT IN ('table', 'source_column', 'crm', 'associate'));
-        IF v_extra IS NOT NULL THEN
-            PERFORM etlify._raise('22023', format('%s: unknown key %s (expected: table, source_column, crm, associate)',
-                                                  v_what, v_extra));
-        END IF;
+    FOR v_pos, e, v_what IN
+        SELECT * FROM etlify._elements(p_needs, 'sync_dependencies', 'sync dependency',
+                                       '{table, source_column, crm, associate}')
+    LOOP
 
         v_target := etlify._resolve_table(e ->> 'table', p_mapping.search_path);
         IF v_target IS NULL OR (SELECT c.relkind FROM pg_class c WHERE c.oid = v_target) NOT IN ('r', 'p') THEN

@@ -454,7 +454,7 @@ fn bad_sync_dependencies_are_refused() {
         .batch_execute("DROP TABLE companies CASCADE")
         .unwrap_err();
     assert!(
-        error_text(&e).contains("wait for the records of table"),
+        error_text(&e).contains("holds records that the records of public.deals"),
         "{}",
         error_text(&e)
     );
