@@ -17,6 +17,7 @@ mod inline_sends;
 mod keys;
 mod latch;
 mod members;
+mod record_window;
 mod requests;
 mod restricted;
 mod stale;

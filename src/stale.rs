@@ -9,6 +9,7 @@ use crate::datums;
 use crate::engine::store;
 use crate::error::Error;
 use crate::keys::CANONICAL;
+use crate::record_window::Window;
 use crate::restricted::{self, with_settings};
 use etlify_core::plan::{stale, Claimed};
 use pgrx::prelude::*;
@@ -171,7 +172,9 @@ fn scan(mapping_id: i32, batch: i64, id_property: &str) -> Result<Counts, String
         size: batch,
         max,
     };
-    while scan_batch(&each, id_property, &mut counts)? {}
+    let mut window = Window::open(mapping_id);
+    while scan_batch(&each, &mut window, id_property, &mut counts)? {}
+    window.close();
     Spi::connect(|c| c.find_cursor(&rows).map(drop)).ok();
     // records whose row is gone
     let gone_sql = Spi::get_one_with_args::<String>(
@@ -206,7 +209,12 @@ struct Batch<'a> {
     max: i64,
 }
 
-fn scan_batch(b: &Batch<'_>, id_property: &str, counts: &mut Counts) -> Result<bool, String> {
+fn scan_batch(
+    b: &Batch<'_>,
+    window: &mut Window,
+    id_property: &str,
+    counts: &mut Counts,
+) -> Result<bool, String> {
     let batch_rows: Vec<Claimed> = restricted::as_role(b.owner, b.settings, || {
         Spi::connect(|c| {
             let mut cur = c.find_cursor(b.cursor)?;
@@ -244,7 +252,7 @@ fn scan_batch(b: &Batch<'_>, id_property: &str, counts: &mut Counts) -> Result<b
     counts.checked += batch_rows.len();
     // the common case first: a payload the CRM holds exactly (its digest is the
     // one recorded) needs no plan; the rest is planned as a drain would
-    let rest: Vec<Claimed> = with_records(b.mapping_id, batch_rows)
+    let rest: Vec<Claimed> = with_window(window, b.mapping_id, batch_rows)
         .into_iter()
         .filter(|c| !unchanged(c))
         .collect();
@@ -265,6 +273,29 @@ fn unchanged(c: &Claimed) -> bool {
         }
         _ => false,
     }
+}
+
+/// Rows with their records' sync state: from the window read beside the scan,
+/// and probed for the ones it does not hold.
+fn with_window(window: &mut Window, mapping_id: i32, rows: Vec<Claimed>) -> Vec<Claimed> {
+    let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+    let found = window.take(&keys);
+    let (mut done, mut probe) = (Vec::with_capacity(rows.len()), Vec::new());
+    for (mut r, known) in rows.into_iter().zip(found) {
+        match known {
+            Some(k) => {
+                r.state = k.state;
+                r.crm_id = k.crm_id;
+                r.digest = k.digest;
+                done.push(r);
+            }
+            None => probe.push(r),
+        }
+    }
+    if !probe.is_empty() {
+        done.extend(with_records(mapping_id, probe));
+    }
+    done
 }
 
 /// Rows with their records' sync state (state, CRM id, digest).

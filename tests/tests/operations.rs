@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use etlify_e2e::fixtures::{
-    email, insert_users, json, map_users, overview, pending_count, register_crm, scalar, statuses,
-    user_status, wait_users_state,
+    email, error_text, insert_users, json, map_users, overview, pending_count, register_crm,
+    scalar, statuses, user_status, wait_users_state,
 };
 use etlify_e2e::mock::id_of;
 use etlify_e2e::{wait_for, wait_for_default, Env};
@@ -713,4 +713,39 @@ fn sync_stale_enqueues_only_what_differs() {
                 .contains("division by zero")
         })
     });
+}
+
+/// sync_stale reads a mapping's records beside the source (src/record_window.rs)
+/// and probes the ones its window does not hold: with rows and records in
+/// opposite orders and more records than the window holds, it still finds exactly
+/// the records whose payload changed, and the ones whose record is gone.
+#[test]
+fn sync_stale_finds_every_difference_whatever_the_order_of_rows() {
+    let mut env = Env::start_without_worker("", "");
+    env.db
+        .batch_execute(
+            "SELECT etlify.register_crm('void', 'null');
+             CREATE TABLE many (id int PRIMARY KEY, name text NOT NULL);
+             CREATE FUNCTION many_payload(m many) RETURNS jsonb LANGUAGE sql AS $$
+               SELECT jsonb_build_object('email', m.id || '@x.test', 'name', m.name) $$;
+             INSERT INTO many SELECT i, 'n' || i FROM generate_series(1, 45000) i;
+             SELECT etlify.sync_table('void', 'many', 'contacts', 'email', 'many_payload');
+             SELECT etlify.drain();
+             -- the rows in the opposite physical order to their records (no trigger fires)
+             CREATE INDEX many_backwards ON many ((-id));
+             CLUSTER many USING many_backwards;
+             CREATE OR REPLACE FUNCTION many_payload(m many) RETURNS jsonb LANGUAGE sql AS $$
+               SELECT jsonb_build_object('email', m.id || '@x.test',
+                                         'name', CASE WHEN m.id % 100 = 3 THEN 'new' ELSE m.name END) $$;
+             DELETE FROM etlify.records WHERE key IN ('1', '44999');",
+        )
+        .unwrap_or_else(|e| panic!("{}", error_text(&e)));
+    let r = json(&mut env.db, "etlify.sync_stale('void')");
+    assert_eq!(r["total"], 45000, "{r}");
+    assert_eq!(
+        r["per_model"]["many"], 452,
+        "450 changed payloads and 2 records gone: {r}"
+    );
+    let queued = scalar(&mut env.db, "SELECT count(*) FROM etlify.queue");
+    assert_eq!(queued.as_deref(), Some("452"));
 }
