@@ -182,6 +182,40 @@ fn too_many_requests_honours_retry_after() {
     assert!(gap_ms >= 1900, "retried {gap_ms} ms after a Retry-After: 2");
 }
 
+/// A 429 that says `Retry-After: 0` still pauses the CRM at least a second,
+/// twice as long after a second 429 in a row (issue 12: "0" once earned 1,028
+/// requests in 3 s).
+#[test]
+fn a_429_with_retry_after_0_still_pauses_and_backs_off() {
+    let mut env = Env::start("", "");
+    env.mock.set_faults(json!({ "fail_next": [
+        { "status": 429, "retry_after": 0 },
+        { "status": 429, "retry_after": 0 }
+    ] }));
+    map_users(&mut env.db, "");
+    insert_users(&mut env.db, [1]);
+    let s = wait_users_state(&mut env.db, &[1], "synced");
+    assert_eq!(s["1"].error_count, 0, "a 429 is not the record's fault");
+    let reqs = env.mock.crm_requests();
+    assert_eq!(statuses_of(&reqs, 429), 2, "{reqs:?}");
+    assert_eq!(reqs.len(), 3, "two 429s, then the upsert: {reqs:?}");
+    let gap_ms = |i: usize| {
+        (reqs[i + 1]["received_at_us"].as_i64().unwrap()
+            - reqs[i]["completed_at_us"].as_i64().unwrap())
+            / 1000
+    };
+    assert!(
+        gap_ms(0) >= 950,
+        "retried {} ms after the first 429",
+        gap_ms(0)
+    );
+    assert!(
+        gap_ms(1) >= 1900,
+        "retried {} ms after the second 429",
+        gap_ms(1)
+    );
+}
+
 #[test]
 fn rate_limit_spreads_requests() {
     // 4 requests per second, one record per request
