@@ -106,8 +106,27 @@ BEGIN
         INSERT INTO etlify.crm_secrets AS s (crm, secret) VALUES (v_name, $4)
         ON CONFLICT (crm) DO UPDATE SET secret = EXCLUDED.secret;
     END IF;
+    -- a new registration lifts the CRM's pause (the worker builds its adapter
+    -- anew): what waited for it is ready now
+    PERFORM etlify._lift_pause(v_name);
     PERFORM etlify._wake();
 END
+$$;
+
+-- Makes the records that wait because their CRM asked for a pause ready now:
+-- the queue rows of its mappings backed off but not for the records' own fault
+-- (failed and parked records keep their backoff).
+CREATE FUNCTION etlify._lift_pause(p_crm text) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE etlify.queue q SET not_before = '-infinity'
+      FROM etlify.mappings m
+     WHERE m.crm = p_crm AND q.mapping_id = m.id
+       AND q.not_before > now() AND q.not_before < 'infinity'
+       AND NOT EXISTS (SELECT 1 FROM etlify.records r
+                        WHERE r.mapping_id = q.mapping_id AND r.key = q.key
+                          AND r.state IN ('failed', 'parked'));
 $$;
 
 -- The capture triggers of one mapping: etlify._capture (src/capture.rs), once per

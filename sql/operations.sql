@@ -647,6 +647,7 @@ BEGIN
     IF NOT FOUND THEN
         PERFORM etlify._raise('42704', format('etlify.resume: unknown CRM "%s"', $1));
     END IF;
+    PERFORM etlify._lift_pause($1);
     PERFORM etlify._wake();
 END
 $$;

@@ -132,7 +132,7 @@ impl<H: Host> Engine<H> {
                 host.between_batches(self);
                 // a disabled CRM is paused, and a held one (this database is a
                 // copy) waits for etlify.resume(): their records stay pending
-                if !w.enabled || w.held || self.paused(&w.crm) {
+                if !w.enabled || w.held || self.paused(w) {
                     continue;
                 }
                 let limit = crate::gucs::claim_size().min(budget);
@@ -222,9 +222,12 @@ impl<H: Host> Engine<H> {
         Verdict::Failed
     }
 
-    fn paused(&self, crm: &str) -> bool {
+    /// Whether the CRM asked to pause and the pause still runs. Registering the
+    /// CRM again lifts it (a new registration builds a new adapter, see crm()).
+    fn paused(&self, w: &Work) -> bool {
         self.crms
-            .get(crm)
+            .get(&w.crm)
+            .filter(|c| c.version == w.crm_version)
             .and_then(|c| c.paused_until)
             .is_some_and(|t| t > Instant::now())
     }

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use etlify_e2e::fixtures::{
-    email, insert_users, map_users, overview, scalar, user_status, wait_users_state,
+    email, insert_users, map_users, overview, register_crm, scalar, user_status, wait_users_state,
 };
 use etlify_e2e::{wait_for_default, Env};
 use serde_json::{json, Value};
@@ -214,6 +214,26 @@ fn a_429_with_retry_after_0_still_pauses_and_backs_off() {
         "retried {} ms after the second 429",
         gap_ms(1)
     );
+}
+
+/// A CRM that asked for a long pause (Retry-After: 86400, capped at an hour) is
+/// paused, and the pending record says why; registering the CRM again lifts the
+/// pause at once (issue 12).
+#[test]
+fn registering_a_crm_again_lifts_its_pause() {
+    let mut env = Env::start("", "");
+    env.mock
+        .set_faults(json!({ "fail_next": [ { "status": 429, "retry_after": 86400 } ] }));
+    map_users(&mut env.db, "");
+    insert_users(&mut env.db, [1]);
+    wait_for_default("the 429 recorded on the record", || {
+        user_status(&mut env.db, 1)
+            .and_then(|s| s.last_error)
+            .filter(|e| e.contains("429"))
+    });
+    assert_eq!(user_status(&mut env.db, 1).unwrap().state, "pending");
+    register_crm(&mut env.db, "hubspot", &env.mock, "");
+    wait_users_state(&mut env.db, &[1], "synced");
 }
 
 #[test]
