@@ -1,9 +1,9 @@
 -- Dependency order: sync_dependencies (see etlify.needs in bootstrap.sql).
 --
 -- A record is sent only once every record it references has a CRM id. The drain
--- loads the references of the claimed rows (etlify._refs_sql), asks etlify._await which of them block, holds those records back
--- as `buffered`, and releases them (etlify._release) when the record they wait for
--- syncs. Mappings are drained referenced first (etlify._work's order), so that a
+-- loads the references of the claimed rows (etlify._refs_sql), asks etlify._await
+-- which of them block, holds those records back as `buffered`, and releases them
+-- (etlify._release) when the record they wait for syncs. Mappings are drained referenced first (etlify._work's order), so that a
 -- record and the one it needs, both pending, go out in the same round.
 
 -- Declares a mapping's sync dependencies: one etlify.needs row per element, or an
@@ -152,15 +152,16 @@ AS $$
 $$;
 
 -- What the records of a claim wait for, given their references (parallel arrays:
--- key, position, referenced key; NULL references left out). One row per
--- (key, position) with a reference or an association etlify made before:
+-- key, position, referenced key, NULL for no reference: every key is looked up
+-- for the associations etlify made before). One row per (key, position) with a
+-- reference or such an association:
 --   blocked   the referenced record has no CRM id (reason says why, naming it)
 --   to_type   the referenced record's object type, to_id its CRM id
 --   associate the association to make (etlify.needs), held_* the one made before
 -- STABLE: it reads under the claim's snapshot, the one the payloads were read under
 -- (a record serialized without its reference's id is never sent).
 CREATE FUNCTION etlify._await(p_mapping int, p_keys text[], p_positions int[], p_refs text[])
-RETURNS TABLE (key text, "position" int, ref text, blocked boolean, reason text, target_mapping int,
+RETURNS TABLE (key text, "position" int, ref text, blocked boolean, reason text,
                to_type text, to_id text, associate jsonb, held_from text, held_to text)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
@@ -189,7 +190,7 @@ AS $$
                                  WHEN rec.state = 'failed' THEN 'it failed (' || coalesce(rec.last_error, 'no error') || ')'
                                  ELSE 'it is not in the CRM yet' END)
            END,
-           tm.id, tm.object_type, rec.crm_id, n.associate, p.from_id, p.to_id
+           tm.object_type, rec.crm_id, n.associate, p.from_id, p.to_id
       FROM pairs p
       JOIN etlify.mappings m ON m.id = p_mapping
       JOIN etlify.needs n ON n.mapping_id = p_mapping AND n.position = p.pos

@@ -358,14 +358,14 @@ pub(crate) unsafe fn all_columns(tupdesc: pg_sys::TupleDesc) -> Vec<Column> {
 
 /// Reads a transition table row by row, with a read pointer of its own (other
 /// triggers of the statement read the same store).
-pub(crate) struct Reader {
+struct Reader {
     store: *mut pg_sys::Tuplestorestate,
     ptr: i32,
     slot: *mut pg_sys::TupleTableSlot,
 }
 
 impl Reader {
-    pub(crate) unsafe fn open(
+    unsafe fn open(
         store: *mut pg_sys::Tuplestorestate,
         tupdesc: pg_sys::TupleDesc,
     ) -> Option<Reader> {
@@ -380,7 +380,7 @@ impl Reader {
     }
 
     /// The next row; valid until the next call.
-    pub(crate) unsafe fn next(&mut self) -> Option<*mut pg_sys::TupleTableSlot> {
+    unsafe fn next(&mut self) -> Option<*mut pg_sys::TupleTableSlot> {
         pg_sys::tuplestore_select_read_pointer(self.store, self.ptr);
         pg_sys::tuplestore_gettupleslot(self.store, true, false, self.slot).then_some(self.slot)
     }
@@ -458,7 +458,11 @@ unsafe fn changed_keys(
     sink: &mut Sink,
 ) -> Result<(), CaptureError> {
     let text = KeyText::new(tupdesc, key);
-    if walk_pairs(old, new, tupdesc, key, watched, &text, sink)? {
+    // a pair whose key differs is a move
+    let paired = walk_pairs(old, new, tupdesc, |os, ns| {
+        updated(os, ns, key, watched, &text, sink)
+    })?;
+    if paired {
         return Ok(());
     }
     // the two tables do not pair up: dirty every key that appears or disappears,
@@ -476,18 +480,14 @@ unsafe fn changed_keys(
 }
 
 /// An UPDATE stores each row's old and new version together, so the two tables
-/// list the same rows in the same order: compare them pair by pair, in place, no
-/// allocation but for the keys that changed. A pair whose key differs is a move.
-/// False when the two tables do not have the same number of rows.
-unsafe fn walk_pairs(
+/// list the same rows in the same order: calls `f` pair by pair, in place, no
+/// allocation. False when the two tables do not have the same number of rows.
+pub(crate) unsafe fn walk_pairs<E>(
     old: *mut pg_sys::Tuplestorestate,
     new: *mut pg_sys::Tuplestorestate,
     tupdesc: pg_sys::TupleDesc,
-    key: &Column,
-    watched: &[Column],
-    text: &KeyText,
-    sink: &mut Sink,
-) -> Result<bool, CaptureError> {
+    mut f: impl FnMut(*mut pg_sys::TupleTableSlot, *mut pg_sys::TupleTableSlot) -> Result<(), E>,
+) -> Result<bool, E> {
     let (Some(mut o), Some(mut n)) = (Reader::open(old, tupdesc), Reader::open(new, tupdesc))
     else {
         return Ok(false);
@@ -495,7 +495,7 @@ unsafe fn walk_pairs(
     loop {
         match (o.next(), n.next()) {
             (None, None) => return Ok(true),
-            (Some(os), Some(ns)) => updated(os, ns, key, watched, text, sink)?,
+            (Some(os), Some(ns)) => f(os, ns)?,
             _ => return Ok(false),
         }
     }

@@ -91,26 +91,23 @@ fn capture(trigger: &PgTrigger<'_>) -> Result<(), Error> {
         return Ok(());
     };
     let td: *const pg_sys::TriggerData = trigger.trigger_data();
-    if let Some(direct) = &plan.direct {
+    let direct = match &plan.direct {
         // SAFETY: an AFTER statement trigger's relation and transition tables are
         // valid for the call
-        if let Some(keys) = unsafe { direct_keys(td, direct, event)? } {
-            for k in keys {
-                sink.key(k)?;
-            }
-            sink.flush()?;
-            if sink.wrote {
-                crate::wake::_wake();
-            }
-            return Ok(());
+        Some(d) => unsafe { direct_keys(td, d, event)? },
+        None => None,
+    };
+    let keys = match direct {
+        Some(keys) => Ok(keys),
+        None => {
+            let path = restricted::owner_search_path(&plan.search_path);
+            let mut settings = vec![(c"search_path", path.as_str())];
+            settings.extend(crate::keys::CANONICAL);
+            restricted::as_role(plan.owner, &settings, || {
+                restricted::in_subtransaction(|| source_keys(td, &plan.sql))
+            })
         }
-    }
-    let path = restricted::owner_search_path(&plan.search_path);
-    let mut settings = vec![(c"search_path", path.as_str())];
-    settings.extend(crate::keys::CANONICAL);
-    let keys = restricted::as_role(plan.owner, &settings, || {
-        restricted::in_subtransaction(|| source_keys(td, &plan.sql))
-    });
+    };
     match keys {
         Ok(keys) => {
             for k in keys {
@@ -217,7 +214,7 @@ unsafe fn direct_keys(
     direct: &Direct,
     event: &str,
 ) -> Result<Option<Vec<String>>, Error> {
-    use crate::capture::{all_columns, attr, column, each_row, same_value, KeyText, Reader};
+    use crate::capture::{all_columns, attr, column, each_row, same_value, walk_pairs, KeyText};
     let td = &*td;
     let tupdesc = (*td.tg_relation).rd_att;
     let col = column(tupdesc, &direct.column)?;
@@ -254,26 +251,15 @@ unsafe fn direct_keys(
                     .map(|n| column(tupdesc, n))
                     .collect::<Result<Vec<_>, _>>()?,
             };
-            let (Some(mut o), Some(mut n)) = (
-                Reader::open(td.tg_oldtable, tupdesc),
-                Reader::open(td.tg_newtable, tupdesc),
-            ) else {
-                return Ok(false);
-            };
-            loop {
-                match (o.next(), n.next()) {
-                    (None, None) => return Ok(true),
-                    (Some(os), Some(ns)) => {
-                        if !counted.iter().all(|c| same_value(os, ns, c)) {
-                            take(os);
-                            if !same_value(os, ns, &col) {
-                                take(ns);
-                            }
-                        }
+            walk_pairs(td.tg_oldtable, td.tg_newtable, tupdesc, |os, ns| {
+                if !counted.iter().all(|c| same_value(os, ns, c)) {
+                    take(os);
+                    if !same_value(os, ns, &col) {
+                        take(ns);
                     }
-                    _ => return Ok(false),
                 }
-            }
+                Ok(())
+            })
         }
     })?;
     Ok(complete.then(|| spelled.into_iter().collect()))

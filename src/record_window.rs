@@ -25,6 +25,25 @@ pub struct Known {
     pub digest: Option<Vec<u8>>,
 }
 
+impl Known {
+    /// A record as both readers select it: key, state, crm_id, digest.
+    pub fn read(r: &pgrx::spi::SpiHeapTupleData<'_>) -> Option<(String, Known)> {
+        let known = Known {
+            state: datums::text(r, 2),
+            crm_id: datums::text(r, 3),
+            digest: datums::bytes(r, 4),
+        };
+        Some((datums::text(r, 1)?, known))
+    }
+
+    /// Gives a row its record's state.
+    pub fn apply(self, row: &mut etlify_core::plan::Claimed) {
+        row.state = self.state;
+        row.crm_id = self.crm_id;
+        row.digest = self.digest;
+    }
+}
+
 pub struct Window {
     /// The records cursor (superuser's, not the owner's: it reads etlify.records).
     cursor: String,
@@ -84,17 +103,7 @@ impl Window {
         let want = (CAPACITY - self.held.len()) as i64;
         let read: Vec<(String, Known)> = Spi::connect(|c| {
             let mut cur = c.find_cursor(&self.cursor)?;
-            let rows = cur
-                .fetch(want)?
-                .filter_map(|r| {
-                    let known = Known {
-                        state: datums::text(&r, 2),
-                        crm_id: datums::text(&r, 3),
-                        digest: datums::bytes(&r, 4),
-                    };
-                    Some((datums::text(&r, 1)?, known))
-                })
-                .collect();
+            let rows = cur.fetch(want)?.filter_map(|r| Known::read(&r)).collect();
             // kept open for the next fill; this connection frees the rows
             let _ = cur.detach_into_name();
             Ok::<_, pgrx::spi::SpiError>(rows)

@@ -9,7 +9,7 @@ use crate::datums;
 use crate::engine::store;
 use crate::error::Error;
 use crate::keys::CANONICAL;
-use crate::record_window::Window;
+use crate::record_window::{Known, Window};
 use crate::restricted::{self, with_settings};
 use etlify_core::plan::{stale, Claimed};
 use pgrx::prelude::*;
@@ -250,29 +250,11 @@ fn scan_batch(
         return Ok(false);
     }
     counts.checked += batch_rows.len();
-    // the common case first: a payload the CRM holds exactly (its digest is the
-    // one recorded) needs no plan; the rest is planned as a drain would
-    let rest: Vec<Claimed> = with_window(window, b.mapping_id, batch_rows)
-        .into_iter()
-        .filter(|c| !unchanged(c))
-        .collect();
-    let found = stale(rest, id_property);
+    let found = stale(with_window(window, b.mapping_id, batch_rows), id_property);
     counts.errors += found.errors;
     counts.differ += found.differ.len();
     enqueue(b.mapping_id, found.differ);
     Ok(true)
-}
-
-/// A row whose payload is the one its CRM object was last written with: what the
-/// drain would find `not_modified` (an equal digest was recorded only for a
-/// payload the CRM accepted, so it had its id property).
-fn unchanged(c: &Claimed) -> bool {
-    match (&c.payload, &c.crm_id, &c.digest) {
-        (Some(p), Some(_), Some(d)) if c.present && c.included && c.error.is_none() => {
-            p.is_object() && etlify_core::digest::digest(p)[..] == d[..]
-        }
-        _ => false,
-    }
 }
 
 /// Rows with their records' sync state: from the window read beside the scan,
@@ -284,9 +266,7 @@ fn with_window(window: &mut Window, mapping_id: i32, rows: Vec<Claimed>) -> Vec<
     for (mut r, known) in rows.into_iter().zip(found) {
         match known {
             Some(k) => {
-                r.state = k.state;
-                r.crm_id = k.crm_id;
-                r.digest = k.digest;
+                k.apply(&mut r);
                 done.push(r);
             }
             None => probe.push(r),
@@ -301,7 +281,7 @@ fn with_window(window: &mut Window, mapping_id: i32, rows: Vec<Claimed>) -> Vec<
 /// Rows with their records' sync state (state, CRM id, digest).
 fn with_records(mapping_id: i32, mut rows: Vec<Claimed>) -> Vec<Claimed> {
     let keys: Vec<String> = rows.iter().map(|r| r.key.clone()).collect();
-    let mut known: FxHashMap<String, Claimed> = Spi::connect(|c| {
+    let mut known: FxHashMap<String, Known> = Spi::connect(|c| {
         // planned once per backend: a re-check of a million rows asks a thousand times
         RECORDS_PLAN.with(|cell| {
             let mut slot = cell.borrow_mut();
@@ -314,29 +294,13 @@ fn with_records(mapping_id: i32, mut rows: Vec<Claimed>) -> Vec<Claimed> {
             }
             let plan = slot.as_ref().expect("prepared above");
             c.select(plan, None, &[mapping_id.into(), keys.into()])
-                .map(|t| {
-                    t.filter_map(|r| {
-                        let key = datums::text(&r, 1)?;
-                        Some((
-                            key,
-                            Claimed {
-                                state: datums::text(&r, 2),
-                                crm_id: datums::text(&r, 3),
-                                digest: datums::bytes(&r, 4),
-                                ..Default::default()
-                            },
-                        ))
-                    })
-                    .collect()
-                })
+                .map(|t| t.filter_map(|r| Known::read(&r)).collect())
         })
     })
     .unwrap_or_else(|e| Error::internal(format!("etlify.sync_stale: {e}")).raise());
     for r in rows.iter_mut() {
         if let Some(k) = known.remove(&r.key) {
-            r.state = k.state;
-            r.crm_id = k.crm_id;
-            r.digest = k.digest;
+            k.apply(r);
         }
     }
     rows

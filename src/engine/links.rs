@@ -94,12 +94,8 @@ pub(super) fn associate(
         let Some((outcome, pause)) = failures.remove(&r.key) else {
             continue;
         };
-        // the object is the record's now, whatever became of its associations
-        let crm_id = r.crm_id.clone().or_else(|| {
-            held.iter()
-                .find(|h| h.key == r.key)
-                .map(|h| h.from_id.clone())
-        });
+        // r.crm_id stays: the object is the record's now, whatever became of its
+        // associations (a not-modified record keeps the one it had: _record)
         let (verdict, error, retry_ms) = match outcome {
             Outcome::Retry { error } => (
                 Verdict::Retry,
@@ -112,7 +108,6 @@ pub(super) fn associate(
         r.verdict = verdict;
         r.error = Some(error);
         r.retry_ms = retry_ms;
-        r.crm_id = crm_id;
     }
     held
 }

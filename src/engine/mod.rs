@@ -11,9 +11,7 @@ pub mod store;
 
 use etlify_core::adapter::{self, CrmAdapter, CrmSettings, Outcome, Report, RequestLog};
 use etlify_core::links::Held;
-use etlify_core::plan::{
-    plan, Claimed, Intent, Plan, PlannedDelete, PlannedUpsert, Resolved, Verdict,
-};
+use etlify_core::plan::{plan, Claimed, Intent, PlannedDelete, PlannedUpsert, Resolved, Verdict};
 use pacer::{LocalPacer, Sleeper};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -308,11 +306,6 @@ impl<H: Host> Engine<H> {
         stop: &dyn Fn() -> bool,
     ) {
         let host = self.host;
-        let p = Plan {
-            done: Vec::new(),
-            upserts,
-            deletes,
-        };
         let crm = match self.crm(w) {
             Ok(c) => c,
             Err(e) => {
@@ -320,22 +313,22 @@ impl<H: Host> Engine<H> {
                 let error = format!("CRM \"{}\" cannot be used: {e}", w.crm);
                 logs.push(log_entry(&RequestLog {
                     operation: "configure".into(),
-                    records: p.upserts.len() + p.deletes.len(),
+                    records: upserts.len() + deletes.len(),
                     http_status: None,
                     duration_ms: 0.0,
                     error: Some(error.clone()),
                 }));
-                for u in &p.upserts {
+                for u in &upserts {
                     results.push(retry(&u.item.key, u.seq, &error, Duration::from_secs(60)));
                 }
-                for d in &p.deletes {
+                for d in &deletes {
                     results.push(retry(&d.item.key, d.seq, &error, Duration::from_secs(60)));
                 }
                 return;
             }
         };
-        let keys = p.upserts.iter().map(|u| u.item.key.clone());
-        let keys = keys.chain(p.deletes.iter().map(|d| d.item.key.clone()));
+        let keys = upserts.iter().map(|u| u.item.key.clone());
+        let keys = keys.chain(deletes.iter().map(|d| d.item.key.clone()));
         host.before_send(w.mapping_id, keys.collect());
         let batch = crm.adapter.max_batch_size().max(1);
         // CRM ids that upserts of this batch landed on. Upserts go first: when a
@@ -343,7 +336,7 @@ impl<H: Host> Engine<H> {
         // key's object, and the old key's delete must then leave it alone.
         let mut claimed_ids = std::collections::HashSet::new();
 
-        for chunk in p.upserts.chunks(batch) {
+        for chunk in upserts.chunks(batch) {
             if let Some(reason) = hold(crm, stop) {
                 results.extend(
                     chunk
@@ -369,8 +362,7 @@ impl<H: Host> Engine<H> {
                 });
             }
         }
-        let (kept, handed_over): (Vec<_>, Vec<_>) = p
-            .deletes
+        let (kept, handed_over): (Vec<_>, Vec<_>) = deletes
             .into_iter()
             .partition(|d| !claimed_ids.contains(&d.item.crm_id));
         // the object now belongs to another key: this key no longer has one

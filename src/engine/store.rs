@@ -118,7 +118,7 @@ pub fn claim(
         // what the records wait for under the snapshot their payloads were read
         // under (a payload read before its reference had an id is never sent)
         restricted::fresh_snapshot(|| {
-            let refs = fetch(mapping_id, &mut claimed);
+            let refs = fetch(mapping_id, &mut claimed, true);
             if refs.iter().any(Option::is_some) {
                 awaited(mapping_id, &mut claimed, &refs);
             }
@@ -235,9 +235,13 @@ struct Fetched {
 /// Loads and serializes the claimed rows: one statement for the batch, as the
 /// mapping's owner in a security-restricted operation with the mapping's
 /// search_path (restricted.rs). If the batch fails, row by row in subtransactions,
-/// so that only the rows whose serializer fails are blamed. Returns each row's
-/// references (sync dependencies).
-fn fetch(mapping_id: i32, claimed: &mut [Claimed]) -> Vec<Option<Vec<Option<String>>>> {
+/// so that only the rows whose serializer fails are blamed. With `with_refs`,
+/// returns each row's references (sync dependencies); else none.
+fn fetch(
+    mapping_id: i32,
+    claimed: &mut [Claimed],
+    with_refs: bool,
+) -> Vec<Option<Vec<Option<String>>>> {
     let (owner, search_path, sql, refs_sql) = match plan_with_refs(mapping_id, false) {
         Ok(p) => p,
         Err(problem) => {
@@ -259,7 +263,9 @@ fn fetch(mapping_id: i32, claimed: &mut [Claimed]) -> Vec<Option<Vec<Option<Stri
     };
     let (rows, refs): (Vec<Result<Fetched, String>>, _) =
         restricted::as_role(owner, &settings, || {
-            let refs = refs_sql.map(|q| load_refs(mapping_id, &q, keys.clone(), timeout));
+            let refs = refs_sql
+                .filter(|_| with_refs)
+                .map(|q| load_refs(mapping_id, &q, keys.clone(), timeout));
             let rows = match run(keys.clone()) {
                 Ok(rows) => rows.into_iter().map(Ok).collect(),
                 Err(_) => keys
@@ -353,7 +359,8 @@ fn plan_with_refs(mapping_id: i32, scan: bool) -> Result<FetchPlan, String> {
 /// re-check), the way a claim does.
 pub fn load(mapping_id: i32, records: &mut [Claimed]) {
     if !records.is_empty() {
-        restricted::fresh_snapshot(|| drop(fetch(mapping_id, records)));
+        // a re-check compares payloads: what records wait for is the drain's
+        restricted::fresh_snapshot(|| drop(fetch(mapping_id, records, false)));
     }
 }
 

@@ -476,3 +476,33 @@ fn partitioned_members_are_captured() {
     );
     wait_prop(&env, "p2@x.test", "total", "9");
 }
+
+/// A member whose rows hold the source keys is captured from the transition
+/// tables (src/members.rs, no query): its keys are spelled as keys are, whatever
+/// the writer's DateStyle and TimeZone, and an update that changes nothing
+/// counted names no record.
+#[test]
+fn member_keys_are_spelled_canonically_under_any_datestyle() {
+    let mut env = Env::start_without_worker("", "");
+    exec(
+        &mut env.db,
+        "CREATE TABLE days (d date PRIMARY KEY, label text NOT NULL);
+         CREATE TABLE events (id int PRIMARY KEY, day date REFERENCES days, name text, note text);
+         CREATE FUNCTION day_payload(x days) RETURNS jsonb LANGUAGE sql AS $$
+           SELECT jsonb_build_object('email', x.label || '@x.test') $$;
+         INSERT INTO days VALUES ('2024-01-02', 'jan2'), ('2024-02-01', 'feb1');
+         SELECT etlify.sync_table('hubspot', 'days', 'contacts', 'email', 'day_payload', backfill => false,
+                                  dependencies => '[{\"table\": \"events\", \"watch\": [\"name\"]}]');
+         SET DateStyle = 'SQL, DMY'; SET TimeZone = 'Pacific/Auckland';
+         INSERT INTO events VALUES (1, '02/01/2024', 'a', NULL), (2, '02/01/2024', 'b', NULL);
+         UPDATE events SET note = 'not watched';
+         UPDATE events SET day = '01/02/2024' WHERE id = 2;",
+    );
+    let keys = scalar(
+        &mut env.db,
+        "SELECT string_agg(k, ',' ORDER BY k) FROM etlify.changes, unnest(keys) k",
+    );
+    // the insert names 2 January once; the move names both days; the unwatched
+    // update names nothing
+    assert_eq!(keys.as_deref(), Some("2024-01-02,2024-01-02,2024-02-01"));
+}
