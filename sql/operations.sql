@@ -373,7 +373,9 @@ AS $$
                   WHERE r.outcome = ANY (p_outcomes));
 $$;
 
-CREATE FUNCTION etlify._record(p_mapping int, p_claimer text, p_results jsonb) RETURNS void
+-- Returns the seconds until the earliest retry it scheduled (NULL: none), so that
+-- the worker wakes for it rather than up to a naptime later.
+CREATE FUNCTION etlify._record(p_mapping int, p_claimer text, p_results jsonb) RETURNS float8
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_custom_plan
@@ -383,11 +385,12 @@ DECLARE
     v_base interval := current_setting('etlify.retry_backoff')::interval;
     v_cap  interval := current_setting('etlify.retry_backoff_max')::interval;
     v_results etlify._result[];
+    v_next timestamptz;
 BEGIN
     SELECT c.max_sync_errors INTO v_max
       FROM etlify.mappings m JOIN etlify.crms c ON c.name = m.crm WHERE m.id = p_mapping;
     IF NOT FOUND THEN
-        RETURN;  -- unsynced while the batch was in flight
+        RETURN NULL;  -- unsynced while the batch was in flight
     END IF;
 
     v_results := ARRAY(SELECT jsonb_populate_recordset(NULL::etlify._result, p_results));
@@ -477,6 +480,7 @@ BEGIN
 
     -- failed and retried records stay (or become) dirty, backed off; parked ones wait
     -- for etlify.reset_errors
+    WITH retried AS (
     INSERT INTO etlify.queue AS q (mapping_id, key, change_seq, not_before)
     SELECT p_mapping, r.key, coalesce(r.seq, nextval('etlify.change_seq')),
            CASE WHEN r.outcome = 'failed' THEN
@@ -487,7 +491,9 @@ BEGIN
       LEFT JOIN etlify.records rec ON rec.mapping_id = p_mapping AND rec.key = r.key
      WHERE r.outcome IN ('failed', 'retry', 'stale')
     ON CONFLICT (mapping_id, key) DO UPDATE
-       SET not_before = EXCLUDED.not_before, claimed_by = NULL, claimed_at = NULL;
+       SET not_before = EXCLUDED.not_before, claimed_by = NULL, claimed_at = NULL
+    RETURNING q.not_before)
+    SELECT min(not_before) INTO v_next FROM retried WHERE not_before < 'infinity';
 
     -- release what is left of this claim (records changed while in flight)
     IF p_claimer IS NOT NULL THEN
@@ -498,6 +504,7 @@ BEGIN
                                      WHERE qq.mapping_id = p_mapping AND qq.key = r.key
                                        AND qq.claimed_by = p_claimer LIMIT 1) x));
     END IF;
+    RETURN extract(epoch FROM v_next - clock_timestamp());
 END
 $$;
 
@@ -891,28 +898,41 @@ SELECT m.crm,
  WHERE has_table_privilege(m.source, 'SELECT')
  GROUP BY m.id, m.crm, m.source;
 
--- One row per CRM: whether the workers may send to it. (Pauses, rate-limit and
--- quota figures come with the shared per-CRM state; their columns are here
--- already.)
+-- A CRM registration's version as the engine and the shared per-CRM state know it
+-- (budgets.rs): whole microseconds, the same text under any session settings.
+CREATE FUNCTION etlify._version(p_updated_at timestamptz) RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT (extract(epoch FROM p_updated_at) * 1000000)::bigint::text $$;
+
+-- One row per CRM: whether the workers may send to it, and if not why and until
+-- when; its rate limit (configured, else the CRM's own) and how much of it the
+-- current period used; 429s and the daily quota. The live half comes from shared
+-- memory (etlify._crm_budget): it starts empty with the server.
 CREATE VIEW etlify.crm_status AS
 SELECT c.name AS crm,
        c.adapter,
        c.enabled,
        CASE WHEN NOT c.enabled THEN 'disabled'
             WHEN (c.home_system, c.home_database) IS DISTINCT FROM (h.system, h.database) THEN 'held'
-            ELSE 'ok' END AS state,
-       NULL::timestamptz AS paused_until,
-       CASE WHEN c.enabled AND (c.home_system, c.home_database) IS DISTINCT FROM (h.system, h.database)
+            ELSE coalesce(b.state, 'ok') END AS state,
+       CASE WHEN c.enabled THEN b.paused_until END AS paused_until,
+       CASE WHEN NOT c.enabled THEN NULL
+            WHEN (c.home_system, c.home_database) IS DISTINCT FROM (h.system, h.database)
             THEN 'this database is a copy: the CRM was registered in another database or cluster; '
                  || 'run etlify.resume(' || quote_literal(c.name) || ') to let it write there'
+            ELSE b.pause_reason
        END AS pause_reason,
-       c.rate_limit,
-       c.rate_period,
-       NULL::bigint AS requests_last_period,
-       NULL::bigint AS throttled_total,
-       NULL::bigint AS daily_used,
-       NULL::bigint AS daily_limit
-  FROM etlify.crms c CROSS JOIN etlify._home() h;
+       coalesce(c.rate_limit, b.learned_limit) AS rate_limit,
+       CASE WHEN c.rate_limit IS NOT NULL THEN c.rate_period
+            ELSE coalesce(make_interval(secs => b.learned_period_ms / 1000.0), c.rate_period) END AS rate_period,
+       coalesce(b.requests_last_period, 0) AS requests_last_period,
+       coalesce(b.throttled_total, 0) AS throttled_total,
+       b.daily_used,
+       b.daily_limit
+  FROM etlify.crms c
+ CROSS JOIN etlify._home() h
+ CROSS JOIN LATERAL etlify._crm_budget(c.name, etlify._version(c.updated_at)) b;
 
 CREATE VIEW etlify.sync_log AS
 SELECT at, crm, source, operation, records, http_status, duration_ms, error
@@ -958,7 +978,7 @@ GRANT EXECUTE ON FUNCTION etlify.register_crm, etlify.sync_table, etlify.unsync_
 -- check the caller themselves
 GRANT EXECUTE ON FUNCTION etlify._declare_mapping, etlify._sync_stale TO etlify_admin;
 -- etlify.crm_status calls it (a view's functions run with the querying role's rights)
-GRANT EXECUTE ON FUNCTION etlify._home TO etlify_admin;
+GRANT EXECUTE ON FUNCTION etlify._home, etlify._version, etlify._crm_budget TO etlify_admin;
 -- CREATE TRIGGER checks EXECUTE on the trigger function: a database owner who is a
 -- member restores its tables' capture triggers from a dump
 GRANT EXECUTE ON FUNCTION etlify._capture TO etlify_admin;

@@ -22,6 +22,10 @@ impl Host for InlineHost {
         None
     }
 
+    fn worker(self) -> Option<usize> {
+        None
+    }
+
     fn step<R>(self, f: impl FnOnce() -> R) -> R {
         f()
     }
@@ -32,6 +36,12 @@ impl Host for InlineHost {
             crate::latch::backend_wait(d);
             true
         }
+    }
+
+    fn interrupted(self) -> fn() -> bool {
+        // a cancel or statement_timeout: the request is abandoned, and the
+        // interrupt raises its ERROR at the next check
+        || unsafe { pg_sys::InterruptPending != 0 }
     }
 
     fn between_batches(self, _engine: &mut Engine<Self>) {}
@@ -123,7 +133,9 @@ fn _sync_one(mapping_id: i32, key: &str, remove: bool) -> &'static str {
         } else {
             Intent::Reconcile
         };
-        Engine::new(InlineHost).one(mapping_id, key, intent)
+        Engine::new(InlineHost)
+            .one(mapping_id, key, intent)
+            .unwrap_or(etlify_core::plan::Verdict::Failed)
     };
     verdict.answer()
 }

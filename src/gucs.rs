@@ -8,6 +8,9 @@ use std::time::Duration;
 pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
 /// Longest sleep when no change wakes the worker.
+/// Sync workers; at most MAX_WORKERS.
+pub static WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
+pub const MAX_WORKERS: i32 = 16;
 pub static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 /// Global switch: off, workers idle while triggers keep recording changes.
 pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
@@ -33,6 +36,16 @@ pub fn init(preloaded: bool) {
             c"Database the etlify sync worker serves.",
             c"The worker connects to this database at start; changing it needs a restart.",
             &DATABASE,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+        GucRegistry::define_int_guc(
+            c"etlify.workers",
+            c"Sync workers draining disjoint records in parallel.",
+            c"Each CRM's rate limit is shared by all of them; changing it needs a restart.",
+            &WORKERS,
+            1,
+            MAX_WORKERS,
             GucContext::Postmaster,
             GucFlags::default(),
         );
@@ -130,6 +143,11 @@ pub fn database() -> String {
         .get()
         .and_then(|s| s.into_string().ok())
         .unwrap_or_else(|| "postgres".into())
+}
+
+/// Workers started (1 without the preload: inline callers are one at a time).
+pub fn workers() -> usize {
+    WORKERS.get().clamp(1, MAX_WORKERS) as usize
 }
 
 pub fn naptime() -> Duration {

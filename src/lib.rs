@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 use std::sync::atomic::Ordering;
 
 mod api;
+mod budgets;
 mod capture;
 mod datums;
 mod engine;
@@ -52,12 +53,13 @@ pub extern "C-unwind" fn _PG_init() {
     error::quiet_backtraces();
     gucs::init(preloaded);
     if preloaded {
+        use budgets::BUDGETS;
         use requests::REQUESTS;
-        use wake::{WAKE_PENDING, WORKER_DB, WORKER_PROC};
-        pgrx::pg_shmem_init!(WORKER_PROC);
-        pgrx::pg_shmem_init!(WORKER_DB);
+        use wake::{WAKE_PENDING, WORKERS};
+        pgrx::pg_shmem_init!(WORKERS);
         pgrx::pg_shmem_init!(WAKE_PENDING);
         pgrx::pg_shmem_init!(REQUESTS);
+        pgrx::pg_shmem_init!(BUDGETS);
         wake::SHMEM_READY.store(true, Ordering::Relaxed);
         worker::register();
     }

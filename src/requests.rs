@@ -37,6 +37,8 @@ pub struct Slot {
     database: pg_sys::Oid,
     mapping_id: i32,
     requester: i32,
+    /// The worker that took it (TAKEN).
+    taker: u8,
     ticket: u64,
     key_len: u16,
     key: [u8; KEY_MAX],
@@ -51,6 +53,7 @@ impl Default for Slot {
             database: pg_sys::InvalidOid,
             mapping_id: 0,
             requester: -1,
+            taker: 0,
             ticket: 0,
             key_len: 0,
             key: [0; KEY_MAX],
@@ -154,17 +157,25 @@ fn try_fill(mapping_id: i32, key: &str, remove: bool) -> Option<Held> {
 }
 
 /// Worker side: serves every pending request of its database. Called before each
-/// batch.
+/// batch. A request to a CRM that enough other workers are busy with (a CRM that
+/// hangs, say) is left to them or to a later call.
 pub fn serve(engine: &mut Engine<WorkerHost>) {
     // SAFETY: the worker is connected to its database.
     let database = unsafe { pg_sys::MyDatabaseId };
+    let worker = engine.host().index;
+    let mut deferred = Vec::new();
     loop {
         let taken = {
             let mut r = REQUESTS.exclusive();
             let mut found = None;
             for (i, s) in r.slots.iter_mut().enumerate() {
-                if s.state == PENDING && s.database == database && found.is_none() {
+                if s.state == PENDING
+                    && s.database == database
+                    && !deferred.contains(&s.ticket)
+                    && found.is_none()
+                {
                     s.state = TAKEN;
+                    s.taker = worker as u8;
                     let key = String::from_utf8_lossy(&s.key[..s.key_len as usize]).into_owned();
                     found = Some((i, s.ticket, s.mapping_id, key, s.remove));
                 }
@@ -182,8 +193,8 @@ pub fn serve(engine: &mut Engine<WorkerHost>) {
         // an error (the mapping was removed meanwhile, …) still answers the caller
         let verdict = PgTryBuilder::new(AssertUnwindSafe(|| engine.one(mapping_id, &key, intent)))
             .catch_others(|e| {
-                crate::worker::recover(e);
-                Verdict::Failed
+                crate::worker::recover(e, worker);
+                Some(Verdict::Failed)
             })
             .execute();
         let requester = {
@@ -194,10 +205,14 @@ pub fn serve(engine: &mut Engine<WorkerHost>) {
             } else if s.state == ABANDONED {
                 s.state = FREE;
                 None
-            } else {
+            } else if let Some(verdict) = verdict {
                 s.state = DONE;
                 s.verdict = verdict.code();
                 Some(s.requester)
+            } else {
+                s.state = PENDING;
+                deferred.push(ticket);
+                None
             }
         };
         if let Some(p) = requester.filter(|p| *p >= 0) {
@@ -206,12 +221,12 @@ pub fn serve(engine: &mut Engine<WorkerHost>) {
     }
 }
 
-/// Worker start: requests a previous worker took but never answered go back to
-/// pending.
-pub fn requeue_taken() {
+/// Worker start: requests this worker's previous incarnation took but never
+/// answered go back to pending (a sibling's are still being served).
+pub fn requeue_taken(worker: usize) {
     let mut r = REQUESTS.exclusive();
     for s in r.slots.iter_mut() {
-        if s.state == TAKEN {
+        if s.state == TAKEN && s.taker as usize == worker {
             s.state = PENDING;
         }
     }

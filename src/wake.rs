@@ -5,16 +5,24 @@
 //! COMMIT it sets the worker's latch, on abort nothing happens (a rolled-back
 //! change is never sent, and the worker is not disturbed for it).
 
+use crate::gucs::MAX_WORKERS;
 use pgrx::prelude::*;
-use pgrx::{register_xact_callback, PgAtomic, PgXactCallbackEvent};
+use pgrx::{register_xact_callback, PGRXSharedMemory, PgAtomic, PgLwLock, PgXactCallbackEvent};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-/// pgprocno + 1 of the running worker; 0 when none runs.
-pub static WORKER_PROC: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"etlify_worker_proc") };
+/// The running workers: pgprocno + 1 of worker i+1 in `procs[i]` (0: not running),
+/// and the database they serve.
+#[derive(Copy, Clone, Default)]
+pub struct Workers {
+    procs: [i32; MAX_WORKERS as usize],
+    database: u32,
+}
 
-/// The database the running worker serves (0 while none runs).
-pub static WORKER_DB: PgAtomic<AtomicU32> = unsafe { PgAtomic::new(c"etlify_worker_db") };
+// SAFETY: plain old data, no pointers.
+unsafe impl PGRXSharedMemory for Workers {}
+
+pub static WORKERS: PgLwLock<Workers> = unsafe { PgLwLock::new(c"etlify_workers") };
 
 /// Set by the first commit that wakes the worker, cleared by the worker when it
 /// starts a round: later commits see it set and skip the signal (a kill() per
@@ -67,38 +75,41 @@ pub fn round_started() {
     WAKE_PENDING.get().store(false, Ordering::SeqCst);
 }
 
-/// Sets the worker's latch, if a worker runs.
+/// Sets every running worker's latch: the idle ones start a round, the busy ones
+/// see it after theirs.
 pub fn set_worker_latch() {
     if !SHMEM_READY.load(Ordering::Relaxed) {
         return;
     }
-    let proc = WORKER_PROC.get().load(Ordering::Acquire);
-    if proc > 0 {
+    let procs = WORKERS.share().procs;
+    for proc in procs.into_iter().filter(|p| *p > 0) {
         crate::latch::set_proc_latch(proc - 1);
     }
 }
 
 /// Whether a running worker serves `database`.
 pub fn worker_serves(database: pg_sys::Oid) -> bool {
-    WORKER_PROC.get().load(Ordering::Acquire) > 0
-        && WORKER_DB.get().load(Ordering::Acquire) == database.to_u32()
+    let w = WORKERS.share();
+    w.database == database.to_u32() && w.procs.iter().any(|p| *p > 0)
 }
 
-/// Called by the worker once connected. Whatever way it exits, the exit hook
-/// clears the slot, so that no backend waits on a worker that is gone.
-pub fn register_worker() {
+/// Called by worker `index` (1-based) once connected. Whatever way it exits, the
+/// exit hook clears its slot, so that no backend waits on a worker that is gone.
+pub fn register_worker(index: usize) {
     // SAFETY: MyProc and MyDatabaseId are set for every connected process.
     let (procno, database) = unsafe { ((*pg_sys::MyProc).pgprocno, pg_sys::MyDatabaseId) };
-    WORKER_DB.get().store(database.to_u32(), Ordering::Release);
-    WORKER_PROC.get().store(procno + 1, Ordering::Release);
-    unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(0)) };
+    {
+        let mut w = WORKERS.exclusive();
+        w.database = database.to_u32();
+        w.procs[index - 1] = procno + 1;
+    }
+    unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(index)) };
 }
 
-unsafe extern "C-unwind" fn on_exit(_code: i32, _arg: pg_sys::Datum) {
-    unregister_worker();
+unsafe extern "C-unwind" fn on_exit(_code: i32, arg: pg_sys::Datum) {
+    unregister_worker(arg.value());
 }
 
-pub fn unregister_worker() {
-    WORKER_PROC.get().store(0, Ordering::Release);
-    WORKER_DB.get().store(0, Ordering::Release);
+pub fn unregister_worker(index: usize) {
+    WORKERS.exclusive().procs[index - 1] = 0;
 }

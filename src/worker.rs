@@ -1,30 +1,57 @@
-//! The sync worker: one background process per cluster, serving etlify.database.
+//! The sync workers: etlify.workers background processes per cluster, serving
+//! etlify.database, draining disjoint records (each claims with its own token).
 //!
 //! Loop: drain what is ready, then sleep on the latch until a commit wakes it
-//! (see wake.rs) or etlify.naptime passes. SIGHUP reloads settings, SIGTERM stops
-//! it between two requests. An error aborts the round's transaction, releases the
-//! round's claims and is logged; the next round starts after a nap.
+//! (see wake.rs), a paused CRM or a retry is due, or etlify.naptime passes. SIGHUP
+//! reloads settings, SIGTERM stops it between two requests. An error aborts the
+//! round's transaction, releases the worker's claims and is logged; the next round
+//! starts after a nap.
 
-use crate::engine::{store, Engine, Host, WORKER_CLAIMER};
-use crate::{gucs, requests, wake};
+use crate::engine::{store, Engine, Host};
+use crate::{budgets, gucs, requests, wake};
 use etlify_core::plan::Resolved;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
 use pgrx::PgTryBuilder;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub const BACKEND_TYPE: &str = "etlify sync worker";
 
+/// Claim tokens, by worker number: claims are committed before HTTP, and a worker
+/// that dies leaves them behind; it releases its own, and only its own, at start.
+const TOKENS: [&str; gucs::MAX_WORKERS as usize] = [
+    "worker 1",
+    "worker 2",
+    "worker 3",
+    "worker 4",
+    "worker 5",
+    "worker 6",
+    "worker 7",
+    "worker 8",
+    "worker 9",
+    "worker 10",
+    "worker 11",
+    "worker 12",
+    "worker 13",
+    "worker 14",
+    "worker 15",
+    "worker 16",
+];
+
 pub fn register() {
-    BackgroundWorkerBuilder::new(BACKEND_TYPE)
-        .set_type(BACKEND_TYPE)
-        .set_library("etlify")
-        .set_function("etlify_worker_main")
-        .enable_spi_access()
-        // restarted by the postmaster after a crash (and after exit code 1)
-        .set_restart_time(Some(Duration::from_secs(1)))
-        .load();
+    for index in 1..=gucs::workers() {
+        BackgroundWorkerBuilder::new(&format!("{BACKEND_TYPE} {index}"))
+            .set_type(BACKEND_TYPE)
+            .set_library("etlify")
+            .set_function("etlify_worker_main")
+            .set_argument(Some(pg_sys::Datum::from(index)))
+            .enable_spi_access()
+            // restarted by the postmaster after a crash (and after exit code 1)
+            .set_restart_time(Some(Duration::from_secs(1)))
+            .load();
+    }
 }
 
 /// One transaction of the worker. An error inside unwinds to the round's handler
@@ -47,11 +74,18 @@ pub fn transaction<R>(f: impl FnOnce() -> R) -> R {
 /// waiting sync() callers served between batches, and an error in one mapping's
 /// round confined to that round.
 #[derive(Clone, Copy)]
-pub struct WorkerHost;
+pub struct WorkerHost {
+    /// 1-based
+    pub index: usize,
+}
 
 impl Host for WorkerHost {
     fn claimer(self) -> Option<&'static str> {
-        Some(WORKER_CLAIMER)
+        Some(TOKENS[self.index - 1])
+    }
+
+    fn worker(self) -> Option<usize> {
+        Some(self.index)
     }
 
     fn step<R>(self, f: impl FnOnce() -> R) -> R {
@@ -62,6 +96,10 @@ impl Host for WorkerHost {
         sleep
     }
 
+    fn interrupted(self) -> fn() -> bool {
+        stopping
+    }
+
     fn between_batches(self, engine: &mut Engine<Self>) {
         requests::serve(engine);
     }
@@ -69,7 +107,7 @@ impl Host for WorkerHost {
     fn isolate(self, round: impl FnOnce() -> Vec<Resolved>) -> Vec<Resolved> {
         PgTryBuilder::new(AssertUnwindSafe(round))
             .catch_others(|e| {
-                recover(e);
+                recover(e, self.index);
                 Vec::new()
             })
             .execute()
@@ -80,17 +118,25 @@ impl Host for WorkerHost {
     }
 }
 
+/// SIGTERM was received. pgrx's flag is cleared by reading it; this one stays set.
+fn stopping() -> bool {
+    static STOPPING: AtomicBool = AtomicBool::new(false);
+    if BackgroundWorker::sigterm_received() {
+        STOPPING.store(true, Ordering::Relaxed);
+    }
+    STOPPING.load(Ordering::Relaxed)
+}
+
 /// Interruptible sleep (rate limits): false when SIGTERM asks the worker to stop.
 pub fn sleep(d: Duration) -> bool {
-    BackgroundWorker::wait_latch(Some(d.max(Duration::from_millis(1))))
-        && !BackgroundWorker::sigterm_received()
+    BackgroundWorker::wait_latch(Some(d.max(Duration::from_millis(1)))) && !stopping()
 }
 
 /// Asked between requests: SIGTERM, or settings reloaded to etlify.enabled = off
 /// (a backlog must not keep the worker sending after it was switched off).
 fn stop_requested() -> bool {
     reload_settings();
-    BackgroundWorker::sigterm_received() || !gucs::enabled()
+    stopping() || !gucs::enabled()
 }
 
 fn reload_settings() {
@@ -113,13 +159,14 @@ fn extension_installed() -> bool {
     })
 }
 
-/// After an error in the worker: abort the transaction it broke, log it, and
+/// After an error in worker `index`: abort the transaction it broke, log it, and
 /// release the claims it held so that those records are sent again.
-pub fn recover(e: pg_sys::panic::CaughtError) {
+pub fn recover(e: pg_sys::panic::CaughtError, index: usize) {
     unsafe { pg_sys::AbortCurrentTransaction() };
     let message = crate::restricted::message(&e);
-    warning!("{BACKEND_TYPE}: {message}");
-    PgTryBuilder::new(|| transaction(|| store::release_claims(WORKER_CLAIMER)))
+    warning!("{BACKEND_TYPE} {index}: {message}");
+    budgets::forget_rounds(index);
+    PgTryBuilder::new(|| transaction(|| store::release_claims(TOKENS[index - 1])))
         .catch_others(|_| {
             unsafe { pg_sys::AbortCurrentTransaction() };
             0
@@ -127,9 +174,25 @@ pub fn recover(e: pg_sys::panic::CaughtError) {
         .execute();
 }
 
+/// At start: the claims this worker's previous incarnation committed before it
+/// died; worker 1 also takes those of workers that no longer exist (etlify.workers
+/// was lowered, or claims of a version with one worker).
+fn release_left_claims(index: usize) -> i64 {
+    let mut tokens = vec![TOKENS[index - 1]];
+    if index == 1 {
+        tokens.push("worker");
+        tokens.extend(&TOKENS[gucs::workers()..]);
+    }
+    tokens
+        .into_iter()
+        .map(|t| transaction(|| store::release_claims(t)))
+        .sum()
+}
+
 #[pg_guard]
 #[unsafe(no_mangle)]
-pub extern "C-unwind" fn etlify_worker_main(_arg: pg_sys::Datum) {
+pub extern "C-unwind" fn etlify_worker_main(arg: pg_sys::Datum) {
+    let index = arg.value().clamp(1, gucs::MAX_WORKERS as usize);
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = gucs::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
@@ -140,14 +203,16 @@ pub extern "C-unwind" fn etlify_worker_main(_arg: pg_sys::Datum) {
         Spi::run("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)")
             .unwrap_or_else(|e| pgrx::error!("etlify: cannot set the worker's search_path: {e}"))
     });
-    wake::register_worker();
-    log!("{BACKEND_TYPE} started for database \"{database}\"");
+    wake::register_worker(index);
+    budgets::forget_rounds(index);
+    log!("{BACKEND_TYPE} {index} started for database \"{database}\"");
 
-    requests::requeue_taken();
-    let mut engine = Engine::new(WorkerHost);
+    requests::requeue_taken(index);
+    let mut engine = Engine::new(WorkerHost { index });
     let mut recovered = false;
-    while !BackgroundWorker::sigterm_received() {
+    while !stopping() {
         reload_settings();
+        let mut nap = gucs::naptime();
         if gucs::enabled() {
             // before reading anything: a commit after this point wakes us again
             wake::round_started();
@@ -161,23 +226,26 @@ pub extern "C-unwind" fn etlify_worker_main(_arg: pg_sys::Datum) {
                     return;
                 }
                 if !recovered {
-                    // claims a previous incarnation committed before it died
-                    let n = transaction(|| store::release_claims(WORKER_CLAIMER));
+                    let n = release_left_claims(index);
                     if n > 0 {
-                        log!("{BACKEND_TYPE}: released {n} claims left by a previous run; they will be sent again");
+                        log!("{BACKEND_TYPE} {index}: released {n} claims left by a previous run; they will be sent again");
                     }
                     recovered = true;
                 }
                 engine.drain(None, None, &stop_requested);
             }))
-            .catch_others(recover)
+            .catch_others(|e| recover(e, index))
             .execute();
             set_activity("idle");
+            // a paused CRM, a full window or a retry due sooner than the naptime
+            if let Some(at) = engine.wake_at.take() {
+                nap = nap.min(budgets::until(at) + Duration::from_millis(1));
+            }
         }
-        if !BackgroundWorker::wait_latch(Some(gucs::naptime())) {
+        if !BackgroundWorker::wait_latch(Some(nap)) {
             break;
         }
     }
-    wake::unregister_worker();
-    log!("{BACKEND_TYPE} stopped");
+    wake::unregister_worker(index);
+    log!("{BACKEND_TYPE} {index} stopped");
 }

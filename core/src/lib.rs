@@ -1,5 +1,5 @@
 //! etlify's pure logic, testable with `cargo test -p etlify-core` and no Postgres:
-//! payload digests, the retry policy, and the CRM adapters with the one HTTP client
+//! payload digests, the send plan, each CRM's request budget, and the CRM adapters with the one HTTP client
 //! they share.
 
 pub mod adapter;
@@ -7,7 +7,6 @@ pub mod digest;
 pub mod http;
 pub mod links;
 pub mod plan;
-pub mod retry;
 
 mod config;
 mod hubspot;

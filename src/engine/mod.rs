@@ -9,18 +9,16 @@ mod links;
 mod pacer;
 pub mod store;
 
+use crate::budgets::{self, CrmKey};
 use etlify_core::adapter::{self, CrmAdapter, CrmSettings, Outcome, Report, RequestLog};
+use etlify_core::http::{Answer, Wait};
 use etlify_core::links::Held;
 use etlify_core::plan::{plan, Claimed, Intent, PlannedDelete, PlannedUpsert, Resolved, Verdict};
-use pacer::{LocalPacer, Sleeper};
+use pacer::{BudgetPacer, Reservation, Sleeper};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use store::Work;
-
-/// The worker's claim token. Claims are committed before HTTP; a worker that dies
-/// leaves them behind, and the next worker releases them at start.
-pub const WORKER_CLAIMER: &str = "worker";
 
 /// Change rows (statements) absorbed per transaction.
 const ABSORB_ROWS: usize = 1000;
@@ -34,10 +32,14 @@ pub trait Host: Copy + 'static {
     /// The claim token committed before HTTP; None for callers that hold the
     /// queue rows locked in their own transaction instead.
     fn claimer(self) -> Option<&'static str>;
+    /// The worker's number (1-based) when the host is a worker.
+    fn worker(self) -> Option<usize>;
     /// Runs one SQL step (in a transaction of its own, or in the caller's).
     fn step<R>(self, f: impl FnOnce() -> R) -> R;
     /// Sleeps while a rate limit asks to; false when asked to stop.
     fn sleeper(self) -> Sleeper;
+    /// Whether a request in flight must be abandoned (the process is stopping).
+    fn interrupted(self) -> fn() -> bool;
     /// Between two batches of a drain (the worker serves waiting sync() callers).
     fn between_batches(self, engine: &mut Engine<Self>);
     /// Runs one mapping's round; what an error in it costs is the host's call.
@@ -69,27 +71,19 @@ impl Counts {
 struct Crm {
     version: String,
     adapter: Box<dyn CrmAdapter>,
-    paused_until: Option<Instant>,
-    /// 429s in a row: each doubles the least pause after the next one.
-    throttled: u32,
-}
-
-/// The least pause after a 429, whatever its Retry-After says ("0" once earned
-/// 1,028 requests in 3 s), doubled for each 429 in a row up to THROTTLE_MAX.
-const THROTTLE_MIN: Duration = Duration::from_secs(1);
-const THROTTLE_MAX: Duration = Duration::from_secs(60);
-
-/// The pause after the `n`th 429 in a row (n ≥ 1), at least `asked`.
-fn throttle_pause(n: u32, asked: Option<Duration>) -> Duration {
-    let floor = THROTTLE_MIN
-        .saturating_mul(1 << n.saturating_sub(1).min(16))
-        .min(THROTTLE_MAX);
-    asked.unwrap_or_default().max(floor)
+    /// Its budget in shared memory (budgets.rs).
+    key: CrmKey,
+    /// A place in the rolling window taken before claiming; the round's first
+    /// request uses it, or it is given back.
+    reserved: Reservation,
 }
 
 pub struct Engine<H: Host> {
     host: H,
     crms: HashMap<String, Crm>,
+    /// The earliest time a CRM skipped by the last drain (paused, or its window
+    /// full) may be called again: the worker naps no longer than that.
+    pub wake_at: Option<i64>,
 }
 
 impl<H: Host> Engine<H> {
@@ -97,6 +91,7 @@ impl<H: Host> Engine<H> {
         Engine {
             host,
             crms: HashMap::new(),
+            wake_at: None,
         }
     }
 
@@ -111,6 +106,7 @@ impl<H: Host> Engine<H> {
         let host = self.host;
         let mut counts = Counts::default();
         let mut budget = max_records.unwrap_or(usize::MAX);
+        self.wake_at = None;
         host.step(store::collect_forgotten);
         host.step(store::settle_inline_sends);
         host.step(store::release_buffered);
@@ -122,6 +118,7 @@ impl<H: Host> Engine<H> {
                 }
             }
             let work = host.step(|| store::work(crm));
+            let cap = round_cap(&work);
             let mut claimed_any = false;
             for w in &work {
                 if budget == 0 || stop() {
@@ -130,13 +127,32 @@ impl<H: Host> Engine<H> {
                 host.between_batches(self);
                 // a disabled CRM is paused, and a held one (this database is a
                 // copy) waits for etlify.resume(): their records stay pending
-                if !w.enabled || w.held || self.paused(w) {
+                if !w.enabled || w.held {
                     continue;
+                }
+                // a CRM that is paused or whose window is full is skipped, never
+                // waited for: the others' records go meanwhile
+                if let Err(until) = self.reserve(w) {
+                    self.wake_no_later(until);
+                    continue;
+                }
+                // with two CRMs or more, one of them never takes every worker: a
+                // CRM that hangs holds one worker, not the others' deliveries
+                let entered = host.worker().map(|i| (i, CrmKey::of(w)));
+                if let Some((i, key)) = &entered {
+                    if !budgets::enter(key, *i, cap) {
+                        self.unreserve(w);
+                        continue;
+                    }
                 }
                 let limit = crate::gucs::claim_size().min(budget);
                 // an error in one mapping (a lock, a broken declaration) costs
                 // that mapping its round, never the others theirs (in the worker)
                 let results = host.isolate(|| self.round(w, limit, stop));
+                self.unreserve(w);
+                if let Some((i, key)) = &entered {
+                    budgets::leave(key, *i);
+                }
                 if results.is_empty() {
                     continue;
                 }
@@ -151,6 +167,34 @@ impl<H: Host> Engine<H> {
         }
     }
 
+    fn wake_no_later(&mut self, at: i64) {
+        self.wake_at = Some(self.wake_at.map_or(at, |t| t.min(at)));
+    }
+
+    /// Takes a place in the CRM's window for the round's first request; Err(until)
+    /// when the CRM may not be called before then.
+    fn reserve(&mut self, w: &Work) -> Result<(), i64> {
+        let Ok(crm) = self.crm(w) else {
+            return Ok(()); // the round reports why the CRM cannot be used
+        };
+        match budgets::with(&crm.key, |b, now| b.take(now).map(|()| now)) {
+            Ok(at) => {
+                crm.reserved.set(Some(at));
+                Ok(())
+            }
+            Err(wait) => Err(wait.until()),
+        }
+    }
+
+    /// Gives back a reservation the round did not use (nothing had to be sent).
+    fn unreserve(&mut self, w: &Work) {
+        if let Some(crm) = self.crms.get(&w.crm) {
+            if let Some(at) = crm.reserved.take() {
+                budgets::with(&crm.key, |b, _| b.give_back(at));
+            }
+        }
+    }
+
     /// One claim of a mapping, sent and recorded: a result per claimed record.
     fn round(&mut self, w: &Work, limit: usize, stop: &dyn Fn() -> bool) -> Vec<Resolved> {
         let host = self.host;
@@ -159,22 +203,30 @@ impl<H: Host> Engine<H> {
             return Vec::new();
         }
         let (results, logs, held) = self.process(w, rows, Intent::Reconcile, stop);
-        host.step(|| {
-            store::record(w.mapping_id, host.claimer(), &results);
+        let retry_in = host.step(|| {
+            let retry_in = store::record(w.mapping_id, host.claimer(), &results);
             store::linked(w.mapping_id, &held);
             store::log(&w.crm, w.source, logs);
+            retry_in
         });
+        if let Some(d) = retry_in {
+            self.wake_no_later(budgets::now_us() + d.as_micros() as i64);
+        }
         results
     }
 
-    /// etlify.sync / etlify.delete of one key: the verdict for it.
-    pub fn one(&mut self, mapping_id: i32, key: &str, intent: Intent) -> Verdict {
+    pub fn host(&self) -> H {
+        self.host
+    }
+
+    /// etlify.sync / etlify.delete of one key: the verdict for it. None (in a
+    /// worker only) when as many other workers as may are busy with its CRM: the
+    /// request is left to them.
+    pub fn one(&mut self, mapping_id: i32, key: &str, intent: Intent) -> Option<Verdict> {
         let host = self.host;
-        let Some(w) = host
-            .step(|| store::work(None))
-            .into_iter()
-            .find(|w| w.mapping_id == mapping_id)
-        else {
+        let work = host.step(|| store::work(None));
+        let cap = round_cap(&work);
+        let Some(w) = work.into_iter().find(|w| w.mapping_id == mapping_id) else {
             crate::error::Error::undefined(format!(
                 "etlify: mapping {mapping_id} no longer exists"
             ))
@@ -198,14 +250,30 @@ impl<H: Host> Engine<H> {
             // a disabled CRM is paused: nothing is sent, and the record stays (or
             // becomes) pending, to go out when the CRM is enabled again
             host.step(|| store::dirty(mapping_id, key));
-            return Verdict::Disabled;
+            return Some(Verdict::Disabled);
         }
+        let Some(index) = host.worker() else {
+            return Some(self.one_of(&w, key, intent));
+        };
+        let crm_key = CrmKey::of(&w);
+        if !budgets::enter(&crm_key, index, cap) {
+            return None;
+        }
+        // an error unwinds past this: recover() forgets the worker's rounds
+        let verdict = self.one_of(&w, key, intent);
+        budgets::leave(&crm_key, index);
+        Some(verdict)
+    }
+
+    fn one_of(&mut self, w: &Work, key: &str, intent: Intent) -> Verdict {
+        let host = self.host;
+        let mapping_id = w.mapping_id;
         host.step(store::settle_inline_sends);
         // a stale crm_id is forgotten by the first attempt and upserted by the second
         for _ in 0..2 {
             let rows = host
                 .step(|| store::claim(mapping_id, 1, host.claimer(), Some(vec![key.to_string()])));
-            let (results, logs, held) = self.process(&w, rows, intent, &|| false);
+            let (results, logs, held) = self.process(w, rows, intent, &|| false);
             host.step(|| {
                 store::record(mapping_id, host.claimer(), &results);
                 store::linked(mapping_id, &held);
@@ -218,16 +286,6 @@ impl<H: Host> Engine<H> {
             }
         }
         Verdict::Failed
-    }
-
-    /// Whether the CRM asked to pause and the pause still runs. Registering the
-    /// CRM again lifts it (a new registration builds a new adapter, see crm()).
-    fn paused(&self, w: &Work) -> bool {
-        self.crms
-            .get(&w.crm)
-            .filter(|c| c.version == w.crm_version)
-            .and_then(|c| c.paused_until)
-            .is_some_and(|t| t > Instant::now())
     }
 
     /// The CRM's adapter, built once and rebuilt when its registration changes.
@@ -243,15 +301,22 @@ impl<H: Host> Engine<H> {
                 secret: w.secret.clone(),
                 batch_size: w.batch_size.map(|n| n.max(1) as usize),
             };
-            let pacer = LocalPacer::new(w.rate_limit, w.rate_period_ms, self.host.sleeper());
+            let key = CrmKey::of(w);
+            let reserved = Reservation::default();
+            let pacer = BudgetPacer::new(
+                key.clone(),
+                self.host.sleeper(),
+                self.host.interrupted(),
+                reserved.clone(),
+            );
             let adapter = adapter::build(&settings, Box::new(pacer))?;
             self.crms.insert(
                 w.crm.clone(),
                 Crm {
                     version: w.crm_version.clone(),
                     adapter,
-                    paused_until: None,
-                    throttled: 0,
+                    key,
+                    reserved,
                 },
             );
         }
@@ -395,21 +460,44 @@ impl<H: Host> Engine<H> {
     }
 }
 
+/// How many workers may be in a round on one CRM at once: all of them when the
+/// database syncs to one CRM, all but one when it syncs to several.
+fn round_cap(work: &[Work]) -> u32 {
+    let workers = crate::gucs::workers() as u32;
+    let mut crms: Vec<&str> = work
+        .iter()
+        .filter(|w| w.enabled && !w.held)
+        .map(|w| w.crm.as_str())
+        .collect();
+    crms.sort_unstable();
+    crms.dedup();
+    if crms.len() > 1 {
+        workers.saturating_sub(1).max(1)
+    } else {
+        workers.max(1)
+    }
+}
+
 /// Why the next request must not go now, if it must not.
 fn hold(crm: &Crm, stop: &dyn Fn() -> bool) -> Option<String> {
     if stop() {
         return Some("stopped before sending".into());
     }
-    if crm.paused_until.is_some_and(|t| t > Instant::now()) {
-        return Some("the CRM asked to slow down".into());
+    match budgets::with(&crm.key, |b, now| (b.check(now), b.status(now).reason)) {
+        (Err(Wait::Paused { .. }), reason) if reason.is_empty() => {
+            Some("the CRM asked to pause".into())
+        }
+        (Err(Wait::Paused { .. }), reason) => Some(format!("the CRM is paused: {reason}")),
+        _ => None,
     }
-    None
 }
 
+/// How long the CRM's pause still runs.
 fn remaining(crm: &Crm) -> Duration {
-    crm.paused_until
-        .map(|t| t.saturating_duration_since(Instant::now()))
-        .unwrap_or_default()
+    match budgets::with(&crm.key, |b, now| b.check(now)) {
+        Err(Wait::Paused { until, .. }) => budgets::until(until),
+        _ => Duration::ZERO,
+    }
 }
 
 /// A request as `etlify._log` takes it.
@@ -423,22 +511,29 @@ fn log_entry(r: &RequestLog) -> Value {
     })
 }
 
-/// Takes a report's pause and request log; returns its outcomes by key.
+/// Tells the CRM's budget what the report's answers said (pauses, 429s, outages) and
+/// takes its request log; returns its outcomes by key.
 fn absorb<'a>(
-    crm: &mut Crm,
+    crm: &Crm,
     report: &'a Report,
     logs: &mut Vec<Value>,
 ) -> HashMap<&'a str, &'a Outcome> {
-    let status = |f: fn(u16) -> bool| report.requests.iter().any(|r| r.http_status.is_some_and(f));
-    let mut pause = report.pause;
-    if status(|s| s == 429) {
-        crm.throttled = crm.throttled.saturating_add(1);
-        pause = Some(throttle_pause(crm.throttled, pause));
-    } else if status(|s| (200..300).contains(&s)) {
-        crm.throttled = 0;
-    }
-    if let Some(p) = pause {
-        crm.paused_until = Some(Instant::now() + p);
+    let statuses = || report.requests.iter().map(|r| r.http_status);
+    let answer = Answer {
+        ok: statuses().any(|s| s.is_some_and(|s| (200..300).contains(&s))),
+        throttled: statuses().filter(|s| *s == Some(429)).count() as u32,
+        faulted: statuses().any(|s| s.is_none_or(|s| matches!(s, 423 | 477 | 500..=599))),
+        asked: report.pause,
+        misconfigured: None,
+        daily_reached: false,
+        said: report
+            .requests
+            .iter()
+            .rev()
+            .find_map(|r| r.error.as_deref()),
+    };
+    if !report.requests.is_empty() || report.pause.is_some() {
+        budgets::with(&crm.key, |b, now| b.answered(now, &answer));
     }
     logs.extend(report.requests.iter().map(log_entry));
     report
@@ -481,24 +576,5 @@ fn settle(key: &str, seq: Option<i64>, outcome: Option<&&Outcome>, report: &Repo
             "the adapter returned no outcome for this record",
             DEFAULT_RETRY,
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_429_pauses_at_least_a_second_doubling_in_a_row() {
-        let zero = Some(Duration::ZERO);
-        assert_eq!(throttle_pause(1, zero), Duration::from_secs(1));
-        assert_eq!(throttle_pause(2, zero), Duration::from_secs(2));
-        assert_eq!(throttle_pause(3, None), Duration::from_secs(4));
-        assert_eq!(throttle_pause(40, zero), THROTTLE_MAX);
-        // a longer Retry-After wins
-        assert_eq!(
-            throttle_pause(1, Some(Duration::from_secs(9))),
-            Duration::from_secs(9)
-        );
     }
 }

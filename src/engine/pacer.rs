@@ -1,42 +1,79 @@
-//! The rate limit a CRM registration asks for (rate_limit per rate_period), paced
-//! per process for now. Waits are interruptible: SIGTERM in the worker, cancel or
-//! statement_timeout in a backend.
+//! The pacer every adapter's HTTP client asks before a request: it draws on the CRM's
+//! shared budget (budgets.rs) and tells it every answer's limit headers.
+//!
+//! A request waits for the rolling window only briefly: a longer wait gives the
+//! request's records back (retried later, not counted), so that a worker never sits
+//! on one CRM while others have work. Waits are interruptible: SIGTERM in the worker,
+//! cancel or statement_timeout in a backend.
 
-use etlify_core::http::{Pacer, RateLimitHeaders, TokenBucket};
-use std::time::{Duration, Instant};
+use crate::budgets::{self, CrmKey};
+use etlify_core::http::{Pacer, RateLimitHeaders, Wait};
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
 
 /// How the current process sleeps: returns false when it must stop instead.
 pub type Sleeper = fn(Duration) -> bool;
 
-pub struct LocalPacer {
-    bucket: Option<TokenBucket>,
+/// The longest a request waits for its place in the window.
+const MAX_WAIT: Duration = Duration::from_secs(2);
+
+/// A place in the window the engine took before claiming (see `Engine::drain`): the
+/// round's first request uses it.
+pub type Reservation = Rc<Cell<Option<i64>>>;
+
+pub struct BudgetPacer {
+    key: CrmKey,
     sleep: Sleeper,
+    interrupted: fn() -> bool,
+    reserved: Reservation,
 }
 
-impl LocalPacer {
-    pub fn new(rate_limit: Option<i32>, period_ms: f64, sleep: Sleeper) -> Self {
-        let bucket = rate_limit.filter(|n| *n > 0).map(|n| {
-            TokenBucket::new(
-                n as u32,
-                Duration::from_secs_f64(period_ms.max(1.0) / 1000.0),
-            )
-        });
-        LocalPacer { bucket, sleep }
+impl BudgetPacer {
+    pub fn new(
+        key: CrmKey,
+        sleep: Sleeper,
+        interrupted: fn() -> bool,
+        reserved: Reservation,
+    ) -> Self {
+        BudgetPacer {
+            key,
+            sleep,
+            interrupted,
+            reserved,
+        }
     }
 }
 
-impl Pacer for LocalPacer {
+impl Pacer for BudgetPacer {
     fn acquire(&mut self) -> Result<(), String> {
-        let Some(bucket) = self.bucket.as_mut() else {
+        if let Some(at) = self.reserved.take() {
+            budgets::with(&self.key, |b, now| b.retime(at, now));
             return Ok(());
-        };
-        while let Some(wait) = bucket.take(Instant::now()) {
+        }
+        loop {
+            let wait = match budgets::with(&self.key, |b, now| b.take(now)) {
+                Ok(()) => return Ok(()),
+                Err(Wait::Paused { .. }) => return Err("the CRM is paused".into()),
+                Err(Wait::Window { until }) => budgets::until(until),
+            };
+            if wait > MAX_WAIT {
+                return Err(format!(
+                    "the rate limit lets the next request go in {:.1} s",
+                    wait.as_secs_f64()
+                ));
+            }
             if !(self.sleep)(wait) {
                 return Err("interrupted while waiting for the rate limit".into());
             }
         }
-        Ok(())
     }
 
-    fn observe(&mut self, _status: u16, _limits: &RateLimitHeaders) {}
+    fn observe(&mut self, _status: u16, limits: &RateLimitHeaders) {
+        budgets::with(&self.key, |b, now| b.observe(now, limits));
+    }
+
+    fn interrupted(&mut self) -> bool {
+        (self.interrupted)()
+    }
 }

@@ -9,6 +9,7 @@ use pgrx::prelude::*;
 use pgrx::{JsonB, Spi};
 use serde_json::Value;
 use std::collections::HashMap;
+use std::time::Duration;
 
 /// A mapping with its CRM's settings, as `etlify._work` lists them.
 #[derive(Debug, Clone)]
@@ -41,7 +42,8 @@ pub fn work(crm: Option<&str>) -> Vec<Work> {
         let rows = client
             .select(
                 "SELECT mapping_id, crm, source::oid, source_name, object_type, id_property, adapter, \
-                 config, secret, enabled, rate_limit, rate_period_ms, batch_size, crm_version::text, held \
+                 config, secret, enabled, rate_limit, rate_period_ms, batch_size, \
+                 etlify._version(crm_version), held \
                  FROM etlify._work($1)",
                 None,
                 &[crm.into()],
@@ -418,9 +420,11 @@ fn fetch_rows(sql: &str, keys: Vec<String>, max_payload: i64) -> Vec<Fetched> {
     })
 }
 
-pub fn record(mapping_id: i32, claimer: Option<&str>, results: &[Resolved]) {
+/// Records a batch's results; returns how long until the earliest retry it
+/// scheduled.
+pub fn record(mapping_id: i32, claimer: Option<&str>, results: &[Resolved]) -> Option<Duration> {
     if results.is_empty() {
-        return;
+        return None;
     }
     let json = Value::Array(results.iter().map(Resolved::to_json).collect());
     Spi::connect_mut(|client| {
@@ -430,7 +434,9 @@ pub fn record(mapping_id: i32, claimer: Option<&str>, results: &[Resolved]) {
                 None,
                 &[mapping_id.into(), claimer.into(), JsonB(json).into()],
             )
-            .unwrap_or_else(|e| spi_err("recording results", e));
+            .and_then(|t| t.first().get_one::<f64>())
+            .unwrap_or_else(|e| spi_err("recording results", e))
+            .map(|secs| Duration::from_secs_f64(secs.clamp(0.0, 86_400.0)))
     })
 }
 

@@ -95,7 +95,12 @@ fn worker_is_restarted_by_the_postmaster_after_a_crash() {
     env.db = env.cluster.client();
     insert_users(&mut env.db, [1]);
     wait_all_synced(&mut env, 1);
-    assert_eq!(env.cluster.worker_pids().len(), 1, "exactly one worker");
+    // etlify.workers = 2 by default: both are back, and no more
+    wait_for_default("both workers", || {
+        (env.cluster.worker_pids().len() == 2).then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(env.cluster.worker_pids().len(), 2, "exactly two workers");
 }
 
 #[test]

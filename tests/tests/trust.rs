@@ -348,13 +348,14 @@ fn other_roles_can_do_nothing_through_etlify() {
     }
     // internal functions: not callable (whatever their arguments), but for the
     // other halves of sync_table and sync_stale, which check their caller
-    // themselves, and etlify._home (where this database is), which crm_status reads
+    // themselves, and etlify._home (where this database is), _version and _crm_budget
+    // (a CRM's live state), which crm_status reads
     let internal: Vec<String> = env
         .db
         .query(
             "SELECT p.oid::regprocedure::text FROM pg_proc p
               WHERE p.pronamespace = 'etlify'::regnamespace AND p.proname LIKE '\\_%'
-                AND p.proname NOT IN ('_declare_mapping', '_sync_stale', '_home')
+                AND p.proname NOT IN ('_declare_mapping', '_sync_stale', '_home', '_version', '_crm_budget')
                 AND p.prorettype <> 'trigger'::regtype AND p.prorettype <> 'event_trigger'::regtype",
             &[],
         )

@@ -1,16 +1,21 @@
 //! The one HTTP client: every adapter's requests go through [`HttpClient::post_json`],
 //! so pacing, timeouts, signal masking, size caps and secret masking are in one place.
 
+mod budget;
 mod pacer;
 mod signals;
 
+pub use budget::{Answer, Budget, Limit, PauseKind, Status, Wait};
 pub(crate) use pacer::LimitHeaderNames;
-pub use pacer::{Pacer, RateLimitHeaders, TokenBucket, Unpaced};
+pub use pacer::{Pacer, RateLimitHeaders, Unpaced};
 
 use signals::SignalsBlocked;
+use std::sync::mpsc;
+use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 use ureq::http::HeaderValue;
-use ureq::Agent;
+use ureq::typestate::WithBody;
+use ureq::{Agent, RequestBuilder};
 
 /// A CRM answer bigger than this is not a batch of 100 records: refuse it rather than
 /// let a broken or hostile server fill the Postgres process's memory.
@@ -96,48 +101,64 @@ impl HttpClient {
 
     /// POSTs a JSON body once the pacer allows it. `Err(reason)` when the pacer refused:
     /// nothing was sent. Errors in the reply have the secret masked.
+    ///
+    /// The request runs on a thread of its own while this one waits and asks the pacer
+    /// every few milliseconds whether to stop: SIGTERM stops a worker within a second
+    /// even when the CRM hangs. An abandoned request's fate is unknown, which every
+    /// write of ours tolerates (they are retried, and upserts, archives and
+    /// associations are idempotent).
     pub(crate) fn post_json(&mut self, url: &str, body: &[u8]) -> Result<Exchange, String> {
         self.pacer.acquire()?;
         let mut request = self.agent.post(url).content_type("application/json");
         if let Some(auth) = &self.authorization {
             request = request.header("authorization", auth.clone());
         }
+        let names = self.limit_names;
+        let body = body.to_vec();
         let started = Instant::now();
-        let reply = {
+        let (tx, rx) = mpsc::channel();
+        let spawned = {
+            // the thread inherits this mask: it never takes a Postgres signal
             let _blocked = SignalsBlocked::new();
-            match request.send(body) {
-                Err(e) => Reply::Broken {
-                    status: None,
-                    error: self.mask(&describe(&e)),
-                },
-                Ok(mut response) => {
-                    let status = response.status().as_u16();
-                    let headers = response.headers();
-                    let limits = RateLimitHeaders::from_lookup(
-                        |name| headers.get(name).and_then(|v| v.to_str().ok()),
-                        &self.limit_names,
-                        SystemTime::now(),
-                    );
-                    // Read to the end even for errors: the connection then goes back to
-                    // the pool, and error bodies name the failing records.
-                    match response
-                        .body_mut()
-                        .with_config()
-                        .limit(MAX_RESPONSE_BYTES)
-                        .read_to_vec()
-                    {
-                        Ok(body) => Reply::Response {
-                            status,
-                            limits,
-                            body,
-                        },
-                        Err(e) => Reply::Broken {
-                            status: Some(status),
-                            error: self.mask(&format!("reading the response: {}", describe(&e))),
-                        },
+            thread::Builder::new()
+                .name("etlify-http".into())
+                .spawn(move || {
+                    // the receiver may be gone (abandoned): nothing to do then
+                    let _ = tx.send(exchange(request, &body, &names));
+                })
+        };
+        let reply = match spawned {
+            Err(e) => Reply::Broken {
+                status: None,
+                error: format!("cannot start the request: {e}"),
+            },
+            Ok(_) => loop {
+                match rx.recv_timeout(POLL) {
+                    Ok(reply) => break reply,
+                    Err(mpsc::RecvTimeoutError::Timeout) if self.pacer.interrupted() => {
+                        break Reply::Broken {
+                            status: None,
+                            error:
+                                "interrupted: the process is stopping; the answer was not awaited"
+                                    .into(),
+                        }
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        break Reply::Broken {
+                            status: None,
+                            error: "the request's thread ended without an answer".into(),
+                        }
                     }
                 }
-            }
+            },
+        };
+        let reply = match reply {
+            Reply::Broken { status, error } => Reply::Broken {
+                status,
+                error: self.mask(&error),
+            },
+            ok => ok,
         };
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         if let Reply::Response { status, limits, .. } = &reply {
@@ -178,6 +199,46 @@ fn mask_secret(text: &str, secret: Option<&str>) -> String {
     }
     out.push_str(&text[rest..]);
     out
+}
+
+/// How often a request's waiter asks whether to stop.
+const POLL: Duration = Duration::from_millis(20);
+
+/// One request and its answer, on the request's thread (no Postgres here).
+fn exchange(request: RequestBuilder<WithBody>, body: &[u8], names: &LimitHeaderNames) -> Reply {
+    match request.send(body) {
+        Err(e) => Reply::Broken {
+            status: None,
+            error: describe(&e),
+        },
+        Ok(mut response) => {
+            let status = response.status().as_u16();
+            let headers = response.headers();
+            let limits = RateLimitHeaders::from_lookup(
+                |name| headers.get(name).and_then(|v| v.to_str().ok()),
+                names,
+                SystemTime::now(),
+            );
+            // Read to the end even for errors: the connection then goes back to
+            // the pool, and error bodies name the failing records.
+            match response
+                .body_mut()
+                .with_config()
+                .limit(MAX_RESPONSE_BYTES)
+                .read_to_vec()
+            {
+                Ok(body) => Reply::Response {
+                    status,
+                    limits,
+                    body,
+                },
+                Err(e) => Reply::Broken {
+                    status: Some(status),
+                    error: format!("reading the response: {}", describe(&e)),
+                },
+            }
+        }
+    }
 }
 
 fn describe(e: &ureq::Error) -> String {
@@ -228,6 +289,8 @@ mod tests {
             interval_ms: "x-i",
             max: "x-m",
             remaining: "x-r",
+            daily: "x-d",
+            daily_remaining: "x-dr",
         };
         let Err(e) = HttpClient::new(settings, Some("tok\nen"), names, Box::new(Unpaced)) else {
             panic!("accepted a newline in a header");

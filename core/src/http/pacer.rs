@@ -1,15 +1,21 @@
 //! Pacing: when a request may go, and what the CRM said about its limits.
 //!
-//! The shared, cross-process limiter lives in the extension (shared memory); this module
-//! gives it the pure arithmetic ([`TokenBucket`]) and the trait the HTTP client calls.
+//! The client asks a [`Pacer`] before every request and tells it every answer's limit
+//! headers. The extension's pacer draws on one [`Budget`](super::Budget) per CRM in shared
+//! memory; this module has the trait and the headers.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub trait Pacer {
     /// Called before every request; blocks until the request may go. Err(reason) = stop (the caller was interrupted): the adapter then returns Retry outcomes for the unsent items.
     fn acquire(&mut self) -> Result<(), String>;
     /// Called after every response with its status and parsed rate-limit headers.
     fn observe(&mut self, status: u16, limits: &RateLimitHeaders);
+    /// Asked every few milliseconds while a request runs: true abandons it (the
+    /// process is stopping, the user cancelled).
+    fn interrupted(&mut self) -> bool {
+        false
+    }
 }
 
 /// What a response said about the CRM's rate limit. Every field is optional: vendors
@@ -19,6 +25,9 @@ pub struct RateLimitHeaders {
     pub interval_ms: Option<u64>,
     pub max: Option<u64>,
     pub remaining: Option<u64>,
+    /// The daily quota and what is left of it (HubSpot: `-Daily`, `-Daily-Remaining`).
+    pub daily: Option<u64>,
+    pub daily_remaining: Option<u64>,
     pub retry_after: Option<Duration>,
 }
 
@@ -28,6 +37,8 @@ pub(crate) struct LimitHeaderNames {
     pub interval_ms: &'static str,
     pub max: &'static str,
     pub remaining: &'static str,
+    pub daily: &'static str,
+    pub daily_remaining: &'static str,
 }
 
 impl RateLimitHeaders {
@@ -43,6 +54,8 @@ impl RateLimitHeaders {
             interval_ms: number(names.interval_ms),
             max: number(names.max),
             remaining: number(names.remaining),
+            daily: number(names.daily),
+            daily_remaining: number(names.daily_remaining),
             retry_after: get("retry-after").and_then(|v| parse_retry_after(v, now)),
         }
     }
@@ -114,50 +127,6 @@ impl Pacer for Unpaced {
     fn observe(&mut self, _status: u16, _limits: &RateLimitHeaders) {}
 }
 
-/// Pure token bucket: `capacity` requests per `period`. take(now) -> None = go now (a token consumed); Some(d) = wait d then ask again.
-///
-/// Starts full (a burst of `capacity` may go at once), refills continuously. Implemented
-/// as GCRA (one "theoretical arrival time") so the arithmetic is exact integer
-/// nanoseconds: waiting exactly the returned time always gets a token. The state is a
-/// few plain `Copy` fields, so it can live in shared memory; `Instant` is
-/// `CLOCK_MONOTONIC` on Linux, the same clock in every process.
-#[derive(Debug, Clone, Copy)]
-pub struct TokenBucket {
-    /// Time one token takes to come back: period / capacity, rounded up.
-    interval: Duration,
-    /// How far ahead of `now` the arrival time may run: the burst, (capacity - 1) tokens.
-    burst: Duration,
-    /// When the bucket would be full again if nothing more were taken.
-    full_at: Option<Instant>,
-}
-
-impl TokenBucket {
-    /// A capacity of 0 is taken as 1: a limit that never lets anything through would
-    /// hang the caller, and the catalog rejects it before it gets here.
-    pub fn new(capacity: u32, period: Duration) -> Self {
-        let capacity = capacity.max(1);
-        // Rounded up: a bucket that is off by a nanosecond must err on the slow side.
-        let nanos = period.as_nanos().div_ceil(u128::from(capacity));
-        let interval = Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
-        TokenBucket {
-            interval,
-            burst: interval.saturating_mul(capacity - 1),
-            full_at: None,
-        }
-    }
-
-    pub fn take(&mut self, now: Instant) -> Option<Duration> {
-        let full_at = self.full_at.map_or(now, |t| t.max(now));
-        let ahead = full_at - now;
-        if ahead > self.burst {
-            return Some(ahead - self.burst);
-        }
-        // Saturates instead of panicking on an absurd period (centuries).
-        self.full_at = Some(full_at.checked_add(self.interval).unwrap_or(full_at));
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +135,8 @@ mod tests {
         interval_ms: "x-hubspot-ratelimit-interval-milliseconds",
         max: "x-hubspot-ratelimit-max",
         remaining: "x-hubspot-ratelimit-remaining",
+        daily: "x-hubspot-ratelimit-daily",
+        daily_remaining: "x-hubspot-ratelimit-daily-remaining",
     };
 
     fn lookup<'a>(headers: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<&'a str> {
@@ -174,86 +145,6 @@ mod tests {
                 .iter()
                 .find(|(n, _)| n.eq_ignore_ascii_case(name))
                 .map(|(_, v)| *v)
-        }
-    }
-
-    #[test]
-    fn bucket_allows_a_burst_then_paces() {
-        let t0 = Instant::now();
-        let mut b = TokenBucket::new(10, Duration::from_secs(10));
-        for _ in 0..10 {
-            assert_eq!(b.take(t0), None);
-        }
-        assert_eq!(b.take(t0), Some(Duration::from_secs(1)));
-        // Asking again early gets the rest of the wait, and takes nothing.
-        assert_eq!(
-            b.take(t0 + Duration::from_millis(400)),
-            Some(Duration::from_millis(600))
-        );
-        assert_eq!(b.take(t0 + Duration::from_secs(1)), None);
-        assert_eq!(
-            b.take(t0 + Duration::from_secs(1)),
-            Some(Duration::from_secs(1))
-        );
-    }
-
-    #[test]
-    fn bucket_refills_to_capacity_and_no_further() {
-        let t0 = Instant::now();
-        let mut b = TokenBucket::new(3, Duration::from_secs(3));
-        for _ in 0..3 {
-            assert_eq!(b.take(t0), None);
-        }
-        let later = t0 + Duration::from_secs(3600);
-        for _ in 0..3 {
-            assert_eq!(b.take(later), None);
-        }
-        assert!(b.take(later).is_some());
-    }
-
-    #[test]
-    fn bucket_waiting_the_returned_time_always_succeeds() {
-        // 190 per 10 s (HubSpot professional) does not divide evenly into nanoseconds
-        // per token: the wait must still be enough.
-        let mut now = Instant::now();
-        let mut b = TokenBucket::new(190, Duration::from_secs(10));
-        let mut sent = 0;
-        let end = now + Duration::from_secs(20);
-        while now < end {
-            match b.take(now) {
-                None => sent += 1,
-                Some(d) => {
-                    assert!(d > Duration::ZERO);
-                    now += d;
-                    assert_eq!(b.take(now), None);
-                    sent += 1;
-                }
-            }
-        }
-        // A burst of 190, then 19 per second for 20 s.
-        assert!((189 + 380..=190 + 380 + 1).contains(&sent), "{sent}");
-    }
-
-    #[test]
-    fn bucket_tolerates_time_going_backwards() {
-        let t0 = Instant::now() + Duration::from_secs(10);
-        let mut b = TokenBucket::new(1, Duration::from_secs(1));
-        assert_eq!(b.take(t0), None);
-        assert_eq!(
-            b.take(t0 - Duration::from_secs(5)),
-            Some(Duration::from_secs(6))
-        );
-    }
-
-    #[test]
-    fn bucket_degenerate_settings() {
-        let t0 = Instant::now();
-        let mut zero_cap = TokenBucket::new(0, Duration::from_secs(1));
-        assert_eq!(zero_cap.take(t0), None);
-        assert_eq!(zero_cap.take(t0), Some(Duration::from_secs(1)));
-        let mut zero_period = TokenBucket::new(5, Duration::ZERO);
-        for _ in 0..100 {
-            assert_eq!(zero_period.take(t0), None);
         }
     }
 
@@ -281,6 +172,8 @@ mod tests {
                 interval_ms: Some(10_000),
                 max: Some(190),
                 remaining: Some(0),
+                daily: Some(650_000),
+                daily_remaining: None,
                 retry_after: Some(Duration::from_secs(3)),
             }
         );

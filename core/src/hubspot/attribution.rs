@@ -642,7 +642,7 @@ mod tests {
             interval_ms: Some(10_000),
             max: Some(100),
             remaining: Some(0),
-            retry_after: None,
+            ..RateLimitHeaders::default()
         };
         let v = attribute(UPSERT, &["a@b.c", "b@b.c"], 429, &limits, body);
         let expected = "HTTP 429: RATE_LIMIT: You have reached your ten_secondly_rolling limit.";

@@ -29,6 +29,8 @@ const LIMIT_HEADERS: LimitHeaderNames = LimitHeaderNames {
     interval_ms: "x-hubspot-ratelimit-interval-milliseconds",
     max: "x-hubspot-ratelimit-max",
     remaining: "x-hubspot-ratelimit-remaining",
+    daily: "x-hubspot-ratelimit-daily",
+    daily_remaining: "x-hubspot-ratelimit-daily-remaining",
 };
 
 /// `register_crm(..., config => …)` for `adapter => 'hubspot'`.
