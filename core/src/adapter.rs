@@ -54,7 +54,8 @@ pub enum Outcome {
     Failed {
         error: String,
     },
-    /// Not the record's fault (429, 5xx, 423, 477, timeout, network, auth/config): retry later, not counted.
+    /// Not the record's fault (429, 5xx, 423, 477, timeout, network; auth/config too, with
+    /// [`Report::misconfigured`] set): retry later, not counted.
     Retry {
         error: String,
     },
