@@ -3,7 +3,8 @@
 //! An adapter turns a batch of upserts or deletes into requests, and every input into
 //! exactly one [`Outcome`]: the worker records outcomes without knowing any vendor.
 //! Blame is the adapter's job (principle 7): `Failed` counts against the record,
-//! `Retry` does not.
+//! `Retry`, `Stale` and `Rejected` do not. A `Rejected` batch is split by
+//! [`crate::bisect`] until the CRM's refusal lands on the records that earned it.
 
 use crate::http::Pacer;
 use crate::{hubspot, null};
@@ -53,12 +54,21 @@ pub enum Outcome {
     Failed {
         error: String,
     },
-    /// Not the record's fault (429, 5xx, 423, 477, timeout, network, auth/config): retry later, not counted.
+    /// Not the record's fault (429, 5xx, 423, 477, timeout, network; auth/config too, with
+    /// [`Report::misconfigured`] set): retry later, not counted.
     Retry {
         error: String,
     },
     /// The stored crm_id is unknown to the CRM: forget it, upsert by id_property next time, not counted.
     Stale {
+        error: String,
+    },
+    /// Refused together with the rest of its batch; the CRM named no input (a 409
+    /// CONFLICT, a VALIDATION_ERROR naming only a property, a batch too large). Not
+    /// counted: some other record of the batch may be the culprit. Adapters only answer
+    /// it for requests of two inputs or more (a lone input refused is that input's
+    /// fault), so [`crate::bisect::bisect`] can always narrow it down to `Failed`.
+    Rejected {
         error: String,
     },
 }
@@ -82,6 +92,14 @@ pub struct Report {
     pub requests: Vec<RequestLog>,
     /// The CRM asked us to slow down (Retry-After, 429 interval headers, 5xx): caller waits this long before the next request to this CRM.
     pub pause: Option<Duration>,
+    /// The CRM cannot be used as registered (401, 403, no such route, a redirect): why,
+    /// naming what to check. Waiting will not fix it: the engine pauses the CRM with this
+    /// reason until an operator fixes the registration or resumes it. Every input of the
+    /// call is `Retry`.
+    pub misconfigured: Option<String>,
+    /// A 429 on the daily quota: nothing more goes through until it resets (midnight in
+    /// the account's time zone, which the CRM does not say).
+    pub daily_limit_reached: bool,
 }
 
 pub trait CrmAdapter {
@@ -206,6 +224,8 @@ pub(crate) struct ReportBuilder {
     outcomes: Vec<Option<Outcome>>,
     requests: Vec<RequestLog>,
     pause: Option<Duration>,
+    misconfigured: Option<String>,
+    daily_limit_reached: bool,
 }
 
 impl ReportBuilder {
@@ -216,6 +236,8 @@ impl ReportBuilder {
             keys,
             requests: Vec::new(),
             pause: None,
+            misconfigured: None,
+            daily_limit_reached: false,
         }
     }
 
@@ -249,6 +271,21 @@ impl ReportBuilder {
         self.pause.is_some()
     }
 
+    /// The CRM cannot be used as registered; the first reason is kept (it names the
+    /// request that found out).
+    pub(crate) fn misconfigured(&mut self, reason: String) {
+        self.misconfigured.get_or_insert(reason);
+    }
+
+    /// Why the rest of this call is not sent, when the CRM is misconfigured.
+    pub(crate) fn misconfiguration(&self) -> Option<&str> {
+        self.misconfigured.as_deref()
+    }
+
+    pub(crate) fn daily_limit_reached(&mut self) {
+        self.daily_limit_reached = true;
+    }
+
     pub(crate) fn finish(self) -> Report {
         debug_assert!(
             self.outcomes.iter().all(Option::is_some),
@@ -271,6 +308,8 @@ impl ReportBuilder {
             outcomes,
             requests: self.requests,
             pause: self.pause,
+            misconfigured: self.misconfigured,
+            daily_limit_reached: self.daily_limit_reached,
         }
     }
 }
@@ -450,6 +489,24 @@ mod tests {
             ]
         );
         assert_eq!(r.pause, Some(Duration::from_secs(10)));
+        assert_eq!((r.misconfigured, r.daily_limit_reached), (None, false));
+    }
+
+    #[test]
+    fn report_builder_keeps_the_first_misconfiguration() {
+        let mut b = ReportBuilder::new(["a"].into_iter());
+        b.set(0, Outcome::Deleted);
+        assert_eq!(b.misconfiguration(), None);
+        b.misconfigured("HTTP 401: check the secret".into());
+        b.misconfigured("HTTP 403: check the scopes".into());
+        b.daily_limit_reached();
+        assert_eq!(b.misconfiguration(), Some("HTTP 401: check the secret"));
+        let r = b.finish();
+        assert_eq!(
+            r.misconfigured.as_deref(),
+            Some("HTTP 401: check the secret")
+        );
+        assert!(r.daily_limit_reached);
     }
 
     #[test]

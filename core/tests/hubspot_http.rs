@@ -1,11 +1,13 @@
 //! The HubSpot adapter over real HTTP, against a tiny scripted server on 127.0.0.1:
 //! headers and JSON on the wire, keep-alive, timeouts, pacing, secret masking. The
-//! association tests at the end run against the full mock CRM (mock/) instead: HubSpot
-//! only links objects that exist, which canned answers cannot check.
+//! association tests and the CRM's faults (batches refused whole, a wrong base_url or
+//! token, the daily limit) run against the full mock CRM (mock/) instead: HubSpot only
+//! links objects that exist, which canned answers cannot check.
 
 use etlify_core::adapter::{
     build, CrmAdapter, CrmSettings, Delete, Label, Link, Outcome, Report, Upsert,
 };
+use etlify_core::bisect::bisect;
 use etlify_core::http::{Pacer, RateLimitHeaders, Unpaced};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -854,4 +856,202 @@ fn server_errors_are_retried_for_links() {
     // Once the CRM is back, the same call goes through.
     let report = adapter.associate("deals", "companies", &links);
     assert_eq!(report.outcomes[0].1, synced(&companies[0]));
+}
+
+// ---------------------------------------------------------------------------------------
+// The CRM's faults, not the records': against the full mock CRM.
+
+fn contacts(mock: &Mock) -> Vec<String> {
+    let (_, body) = mock.call("GET", "/__mock/objects/contacts", None);
+    let mut emails: Vec<String> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["properties"]["email"].as_str().unwrap().to_owned())
+        .collect();
+    emails.sort();
+    emails
+}
+
+#[test]
+fn a_batch_refused_whole_is_rejected_and_bisection_finds_the_culprit() {
+    for status in [400, 409] {
+        let mock = Mock::start();
+        mock.faults(json!({ "reject_ids": { "c3@x.io": status } }));
+        let mut adapter = mock.adapter();
+        let items: Vec<Upsert> = (0..6)
+            .map(|i| upsert(&i.to_string(), None, &format!("c{i}@x.io")))
+            .collect();
+        // The adapter alone: nobody named, nobody blamed.
+        let report = adapter.upsert("contacts", "email", &items);
+        assert!(
+            report
+                .outcomes
+                .iter()
+                .all(|(_, o)| matches!(o, Outcome::Rejected { error } if error.starts_with(&format!("HTTP {status}: ")))),
+            "{report:?}"
+        );
+        assert_eq!(report.pause, None);
+        assert!(contacts(&mock).is_empty());
+        // Bisected: the innocent go through, the culprit alone fails.
+        let report = bisect(&items, |u| &u.key, &mut |batch| {
+            adapter.upsert("contacts", "email", batch)
+        });
+        for (key, outcome) in &report.outcomes {
+            match (key.as_str(), outcome) {
+                ("3", Outcome::Failed { error }) => {
+                    assert!(error.starts_with(&format!("HTTP {status}: ")), "{error}")
+                }
+                (_, Outcome::Synced { .. }) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        // 6 → 3 + 3 → (1 + 2 → 1 + 1) on the poisoned side.
+        assert_eq!(report.requests.len(), 1 + 2 + 2 + 2, "{:?}", log(&report));
+        assert_eq!(
+            contacts(&mock),
+            ["c0@x.io", "c1@x.io", "c2@x.io", "c4@x.io", "c5@x.io"]
+        );
+    }
+}
+
+#[test]
+fn a_lone_update_of_a_gone_object_is_stale() {
+    let mock = Mock::start();
+    let mut adapter = mock.adapter();
+    mock.faults(json!({"fail_next": [{"status": 404}]}));
+    let report = adapter.upsert("contacts", "email", &[upsert("1", Some("77"), "a@x.io")]);
+    assert!(
+        matches!(&report.outcomes[0].1, Outcome::Stale { error } if error.starts_with("HTTP 404: OBJECT_NOT_FOUND")),
+        "{report:?}"
+    );
+    assert_eq!(report.misconfigured, None);
+}
+
+#[test]
+fn a_wrong_base_url_is_misconfigured_and_holds_back_the_rest() {
+    let mock = Mock::start();
+    let url = format!("{}/v3", mock.server.url());
+    let mut adapter = hubspot(&url, json!({}), Box::new(Unpaced));
+    let items = [
+        upsert("1", Some("101"), "a@x.io"),
+        upsert("2", None, "b@x.io"),
+    ];
+    let report = adapter.upsert("contacts", "email", &items);
+    let reason = report.misconfigured.clone().expect("misconfigured");
+    assert_eq!(
+        reason,
+        format!("HTTP 404: Unable to route POST request to /v3/crm/v3/objects/contacts/batch/update; the CRM has no such route: check base_url (POST {url}/crm/v3/objects/contacts/batch/update)")
+    );
+    for (_, o) in &report.outcomes {
+        assert_eq!(retry_error(o), reason);
+    }
+    assert_eq!(log(&report), [("batch/update", 1, Some(404))]);
+    assert_eq!(report.pause, Some(Duration::from_secs(60)));
+    assert!(!report.daily_limit_reached);
+}
+
+#[test]
+fn bad_credentials_and_scopes_are_misconfigured() {
+    // 401: the mock knows another token.
+    let mock = Mock::start();
+    let mut adapter = build(
+        &CrmSettings {
+            adapter: "hubspot".into(),
+            config: json!({ "base_url": mock.server.url() }),
+            secret: Some("pat-na1-wrong".into()),
+            batch_size: None,
+        },
+        Box::new(Unpaced),
+    )
+    .unwrap();
+    let report = adapter.delete(
+        "contacts",
+        &[Delete {
+            key: "a".into(),
+            crm_id: "1".into(),
+        }],
+    );
+    let reason = report.misconfigured.clone().expect("misconfigured");
+    assert!(
+        reason
+            .starts_with("HTTP 401: INVALID_AUTHENTICATION: Authentication credentials not found.")
+            && reason.contains("check the secret and the app's scopes (POST http://"),
+        "{reason}"
+    );
+    assert_eq!(retry_error(&report.outcomes[0].1), reason);
+
+    // 403: missing scopes, say for deals; the secret never shows.
+    mock.faults(json!({"fail_next": [{"status": 403, "message": format!("token {SECRET} lacks crm.objects.deals.write")}]}));
+    let mut adapter = mock.adapter();
+    let report = adapter.upsert("deals", "dealname", &[upsert("1", None, "x")]);
+    let reason = report.misconfigured.clone().expect("misconfigured");
+    assert!(
+        reason.starts_with("HTTP 403: MISSING_SCOPES: token ******** lacks")
+            && reason.ends_with("/crm/v3/objects/deals/batch/upsert)"),
+        "{reason}"
+    );
+    assert!(!reason.contains(SECRET));
+}
+
+#[test]
+fn the_daily_limit_is_reported() {
+    let mock = Mock::start();
+    mock.faults(json!({"rate_limit": {"daily": 0}}));
+    let mut adapter = mock.adapter();
+    let items = [
+        upsert("1", Some("101"), "a@x.io"),
+        upsert("2", None, "b@x.io"),
+    ];
+    let report = adapter.upsert("contacts", "email", &items);
+    assert!(report.daily_limit_reached);
+    assert_eq!(report.misconfigured, None);
+    assert_eq!(report.pause, Some(Duration::from_secs(300)));
+    assert!(retry_error(&report.outcomes[0].1).contains("You have reached your daily limit."));
+    assert_eq!(
+        retry_error(&report.outcomes[1].1),
+        "not sent: the CRM asked to pause"
+    );
+    assert_eq!(log(&report), [("batch/update", 1, Some(429))]);
+}
+
+#[test]
+fn records_naming_one_object_twice_wait_for_a_later_batch() {
+    let mock = Mock::start();
+    let mut adapter = mock.adapter();
+    let report = adapter.upsert(
+        "contacts",
+        "email",
+        &[
+            upsert("1", None, "ann@x.io"),
+            upsert("2", None, "bob@x.io"),
+            upsert("3", None, "Ann@X.io "),
+        ],
+    );
+    assert!(matches!(report.outcomes[0].1, Outcome::Synced { .. }));
+    assert!(matches!(report.outcomes[1].1, Outcome::Synced { .. }));
+    assert_eq!(
+        retry_error(&report.outcomes[2].1),
+        "deferred: another record in this batch has the same email ignoring case"
+    );
+    assert_eq!(log(&report), [("batch/upsert", 2, Some(200))]);
+    let Outcome::Synced { crm_id } = &report.outcomes[0].1 else {
+        unreachable!()
+    };
+    // Updates naming one crm_id twice.
+    let report = adapter.upsert(
+        "contacts",
+        "email",
+        &[
+            upsert("1", Some(crm_id), "ann@x.io"),
+            upsert("3", Some(crm_id), "ann2@x.io"),
+        ],
+    );
+    assert_eq!(report.outcomes[0].1, synced(crm_id));
+    assert_eq!(
+        retry_error(&report.outcomes[1].1),
+        "deferred: another record in this batch has the same crm_id"
+    );
+    assert_eq!(log(&report), [("batch/update", 1, Some(200))]);
+    assert_eq!(contacts(&mock), ["ann@x.io", "bob@x.io"]);
 }

@@ -211,6 +211,9 @@ pub fn batch(ctx: &Ctx, op: BatchOp, body: &[u8]) -> Reply {
     if n > MAX_BATCH_INPUTS {
         return Reply::err(too_many_inputs(MAX_BATCH_INPUTS), n);
     }
+    if let Some(refusal) = scripted_refusal(ctx, op, &b) {
+        return Reply::err(refusal, n);
+    }
     let started = now_ms();
     match op {
         BatchOp::Create => batch_create(ctx, b, started),
@@ -219,6 +222,60 @@ pub fn batch(ctx: &Ctx, op: BatchOp, body: &[u8]) -> Reply {
         BatchOp::Upsert => batch_upsert(ctx, b, started),
         BatchOp::Archive => batch_archive(ctx, b, started),
     }
+}
+
+/// `reject_ids`: the first input holding one refuses the whole batch, naming no input (a
+/// 400 names only a property, a 409 the object it collides with), as HubSpot does for a
+/// create of an existing email or an invalid value in some batches. The id is the
+/// idProperty value for upsert, the crm id for read/update/archive, the email for
+/// contacts create.
+fn scripted_refusal(ctx: &Ctx, op: BatchOp, b: &BatchBody) -> Option<ApiError> {
+    ctx.reject_ids?;
+    let default_prop = b.id_property.as_deref().or(ctx.query.get("idProperty"));
+    b.inputs.iter().find_map(|input| {
+        let id_prop = match op {
+            BatchOp::Upsert => input.id_property.as_deref().or(default_prop),
+            BatchOp::Create => Some("email"),
+            _ => None,
+        };
+        let id = match op {
+            BatchOp::Create if ctx.object_type != "contacts" => None,
+            BatchOp::Create => input
+                .properties
+                .as_ref()
+                .and_then(|p| p.get("email"))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned),
+            _ => id_string(&input.id),
+        }?;
+        let status = ctx.scripted_rejection(&id)?;
+        // The property HubSpot would name: the input's first one other than its id.
+        let (property, value) = input
+            .properties
+            .iter()
+            .flatten()
+            .find(|(k, _)| Some(k.as_str()) != id_prop)
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+                )
+            })
+            .unwrap_or_else(|| (id_prop.unwrap_or("hs_object_id").to_owned(), id.clone()));
+        let existing = {
+            let mut store = ctx.store();
+            let ts = store.type_mut(ctx.object_type);
+            ts.find(id_prop, &id)
+        };
+        // Some object is in the way; when the store has none, any id reads the same.
+        let existing = existing.unwrap_or(1000 + errors::splitmix64(id.len() as u64) % 1_000_000);
+        Some(errors::batch_refused(
+            status,
+            ctx.object_type,
+            (&property, &value),
+            existing,
+        ))
+    })
 }
 
 /// Creates are all-or-nothing on conflicts (HubSpot fails the batch naming the first one);

@@ -3,7 +3,7 @@
 
 use crate::errors::{self, ApiError};
 use crate::faults::{FailSpec, FaultConfig};
-use crate::ratelimit::{Limit, RateHeaders, RateLimiter};
+use crate::ratelimit::{Limit, Policy, RateHeaders, RateLimiter};
 use crate::reqlog::RequestLog;
 use axum::http::Method;
 use std::collections::{BTreeMap, VecDeque};
@@ -36,6 +36,7 @@ pub struct Admission {
     /// `Some` when the response must carry rate-limit headers.
     pub rate: Option<RateHeaders>,
     pub fail_ids: Option<Arc<BTreeMap<String, String>>>,
+    pub reject_ids: Option<Arc<BTreeMap<String, u16>>>,
 }
 
 #[derive(Debug)]
@@ -43,6 +44,7 @@ pub struct Control {
     faults: FaultConfig,
     fail_next: VecDeque<FailSpec>,
     fail_ids: Option<Arc<BTreeMap<String, String>>>,
+    reject_ids: Option<Arc<BTreeMap<String, u16>>>,
     /// Limit from the command line; a faults `rate_limit` overrides it until the next PUT/reset.
     cli_limit: Limit,
     limiter: RateLimiter,
@@ -57,6 +59,7 @@ impl Control {
             faults: FaultConfig::default(),
             fail_next: VecDeque::new(),
             fail_ids: None,
+            reject_ids: None,
             cli_limit,
             limiter: RateLimiter::default(),
             log: RequestLog::default(),
@@ -85,15 +88,28 @@ impl Control {
     pub fn set_faults(&mut self, cfg: FaultConfig) {
         self.fail_next = cfg.fail_next.clone().unwrap_or_default().into();
         self.fail_ids = cfg.fail_ids.clone().filter(|m| !m.is_empty()).map(Arc::new);
+        self.reject_ids = cfg
+            .reject_ids
+            .clone()
+            .filter(|m| !m.is_empty())
+            .map(Arc::new);
         self.faults = cfg;
     }
 
     fn limit(&self) -> Limit {
         match self.faults.rate_limit {
+            // Without a max, the window stays the command line's.
             Some(rl) => Limit {
-                max: rl.max,
-                interval_ms: rl.interval_ms,
-                enforced: true,
+                daily: rl.daily,
+                ..match rl.max {
+                    Some(max) => Limit {
+                        max,
+                        interval_ms: rl.interval_ms,
+                        enforced: true,
+                        daily: None,
+                    },
+                    None => self.cli_limit,
+                }
             },
             None => self.cli_limit,
         }
@@ -130,6 +146,7 @@ impl Control {
             delay,
             rate: None,
             fail_ids: None,
+            reject_ids: None,
         };
         if kind == Kind::Unrouted || !authed {
             return adm;
@@ -138,10 +155,13 @@ impl Control {
         if kind == Kind::Counted {
             match self.limiter.admit(self.limit(), Instant::now()) {
                 Ok(h) => adm.rate = Some(h),
-                Err(h) => {
+                Err((h, policy)) => {
                     adm.rate = Some(h);
                     adm.outcome = Outcome::Reject {
-                        error: errors::rate_limited(),
+                        error: match policy {
+                            Policy::TenSecondlyRolling => errors::rate_limited(),
+                            Policy::Daily => errors::daily_limit_reached(),
+                        },
                         retry_after: None,
                     };
                     return adm;
@@ -168,6 +188,7 @@ impl Control {
             }
         }
         adm.fail_ids = self.fail_ids.clone();
+        adm.reject_ids = self.reject_ids.clone();
         adm
     }
 }

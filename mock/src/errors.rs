@@ -94,6 +94,18 @@ pub fn unauthorized() -> ApiError {
 
 /// The documented 429 body; note it has `errorType`/`policyName` and no `category`.
 pub fn rate_limited() -> ApiError {
+    limit_reached(
+        "You have reached your ten_secondly_rolling limit.",
+        "TEN_SECONDLY_ROLLING",
+    )
+}
+
+/// The 429 once the day's quota is spent.
+pub fn daily_limit_reached() -> ApiError {
+    limit_reached("You have reached your daily limit.", "DAILY")
+}
+
+fn limit_reached(message: &'static str, policy_name: &'static str) -> ApiError {
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
     struct RateLimitBody {
@@ -107,21 +119,62 @@ pub fn rate_limited() -> ApiError {
         status: 429,
         body: serde_json::to_vec(&RateLimitBody {
             status: "error",
-            message: "You have reached your ten_secondly_rolling limit.",
+            message,
             error_type: "RATE_LIMIT",
             correlation_id: correlation_id(),
-            policy_name: "TEN_SECONDLY_ROLLING",
+            policy_name,
         })
         .expect("in-memory write"),
     }
 }
 
+/// No endpoint at this path: HubSpot's router answers before any object is looked up, so
+/// the body has no `category` (in particular not OBJECT_NOT_FOUND, which clients read as
+/// "this record is gone").
 pub fn unknown_route(method: &str, path: &str) -> ApiError {
-    error(
-        404,
-        "OBJECT_NOT_FOUND",
-        format!("Unable to route {method} request to {path}"),
-    )
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct RouteBody {
+        status: &'static str,
+        message: String,
+        correlation_id: String,
+    }
+    ApiError {
+        status: 404,
+        body: serde_json::to_vec(&RouteBody {
+            status: "error",
+            message: format!("Unable to route {method} request to {path}"),
+            correlation_id: correlation_id(),
+        })
+        .expect("in-memory write"),
+    }
+}
+
+/// A batch refused whole for one input, naming none (`reject_ids`): a 400 naming only
+/// the offending property, or a 409 naming the object the input collides with.
+pub fn batch_refused(
+    status: u16,
+    object_type: &str,
+    (property, value): (&str, &str),
+    existing_id: u64,
+) -> ApiError {
+    if status == 409 {
+        return error(
+            409,
+            "CONFLICT",
+            format!(
+                "{} already exists. Existing ID: {existing_id}",
+                crate::hubspot::singular(object_type),
+            ),
+        );
+    }
+    let detail = serde_json::json!([{
+        "isValid": false,
+        "message": format!("{value} was not one of the allowed options"),
+        "error": "INVALID_OPTION",
+        "name": property,
+    }]);
+    validation(format!("Property values were not valid: {detail}"))
 }
 
 pub fn method_not_allowed(method: &str, path: &str) -> ApiError {

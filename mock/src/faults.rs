@@ -23,6 +23,10 @@ pub struct FaultConfig {
     pub fail_next: Option<Vec<FailSpec>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fail_ids: Option<BTreeMap<String, String>>,
+    /// Refuse a whole batch holding one of these ids, naming none of its inputs, with
+    /// this status (400 VALIDATION_ERROR or 409 CONFLICT), as HubSpot does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reject_ids: Option<BTreeMap<String, u16>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,9 +53,15 @@ pub struct FailSpec {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSpec {
-    pub max: u64,
+    /// The rolling window's maximum; without it the window is reported, not enforced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u64>,
     #[serde(default = "default_interval_ms")]
     pub interval_ms: u64,
+    /// An enforced daily quota, counted since start or the last reset; without it
+    /// 1,000,000 is reported and nothing enforced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily: Option<u64>,
 }
 
 fn default_interval_ms() -> u64 {
@@ -80,6 +90,13 @@ impl FaultConfig {
         }
         for f in self.fail_next.iter().flatten() {
             check_status(f.status, "fail_next[].status")?;
+        }
+        for (id, &status) in self.reject_ids.iter().flatten() {
+            if !matches!(status, 400 | 409) {
+                return Err(format!(
+                    "reject_ids: the status for '{id}' must be 400 or 409, got {status}"
+                ));
+            }
         }
         if let Some(rl) = self.rate_limit {
             if rl.interval_ms == 0 {
@@ -149,6 +166,21 @@ mod tests {
         assert!(bad.validate().is_err());
         let null: FaultConfig = serde_json::from_str(r#"{"rate_limit":null}"#).unwrap();
         assert_eq!(null, FaultConfig::default());
+        let c: FaultConfig = serde_json::from_str(
+            r#"{"reject_ids":{"a@b.c":409,"7":400},"rate_limit":{"daily":5}}"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let echoed = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            echoed["rate_limit"],
+            serde_json::json!({"interval_ms": 10000, "daily": 5})
+        );
+        let bad: FaultConfig = serde_json::from_str(r#"{"reject_ids":{"a":500}}"#).unwrap();
+        assert_eq!(
+            bad.validate().unwrap_err(),
+            "reject_ids: the status for 'a' must be 400 or 409, got 500"
+        );
     }
 
     #[test]

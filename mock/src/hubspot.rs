@@ -169,6 +169,8 @@ pub struct Ctx<'a> {
     pub object_type: &'a str,
     pub query: Query,
     pub fail_ids: Option<&'a BTreeMap<String, String>>,
+    /// `reject_ids`: whole batches refused for one of these ids.
+    pub reject_ids: Option<&'a BTreeMap<String, u16>>,
 }
 
 impl Ctx<'_> {
@@ -178,6 +180,17 @@ impl Ctx<'_> {
         ids.get(key)
             .or_else(|| ids.get(&key.to_ascii_lowercase()))
             .cloned()
+    }
+
+    /// Scripted whole-batch refusal for this id value, if any. Ids match ignoring ASCII
+    /// case, as emails do (crm ids are digits).
+    pub(crate) fn scripted_rejection(&self, key: &str) -> Option<u16> {
+        let ids = self.reject_ids?;
+        ids.get(key).copied().or_else(|| {
+            ids.iter()
+                .find(|(id, _)| id.eq_ignore_ascii_case(key))
+                .map(|(_, &status)| status)
+        })
     }
 
     pub(crate) fn store(&self) -> std::sync::MutexGuard<'_, Store> {

@@ -75,6 +75,7 @@ impl App {
                 max,
                 interval_ms: interval_ms.max(1),
                 enforced: true,
+                daily: None,
             },
             None => ratelimit::Limit::default(),
         };

@@ -111,6 +111,7 @@ async fn handle(app: Arc<App>, req: Request) -> Response {
                     object_type,
                     query: Query::parse(parts.uri.query()),
                     fail_ids: adm.fail_ids.as_deref(),
+                    reject_ids: adm.reject_ids.as_deref(),
                 };
                 hubspot::handle(&ctx, op, &bytes)
             }

@@ -1147,3 +1147,189 @@ fn faults_auth_rate_limit_and_log_apply_to_associations() {
         ]
     );
 }
+
+#[test]
+fn reject_ids_refuse_whole_batches_naming_no_input() {
+    let (_s, c) = start_default();
+    let r = c.put(
+        "/__mock/faults",
+        &json!({"reject_ids": {"Bad@X.io": 400, "dup@x.io": 409, "42": 400}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // One poisoned input refuses the batch: nothing is written, no input is named.
+    let r = c.post(
+        UPSERT,
+        &json!({"inputs": [
+            upsert_input("ann@x.io", json!({"firstname": "Ann"})),
+            upsert_input("bad@x.io", json!({"lifecyclestage": "nope"})),
+        ]}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["status"], "error");
+    assert_eq!(v["category"], "VALIDATION_ERROR");
+    assert!(v["correlationId"].is_string());
+    assert!(
+        v.get("context").is_none() && v.get("errors").is_none(),
+        "{v}"
+    );
+    let message = v["message"].as_str().unwrap();
+    let detail: Value = serde_json::from_str(
+        message
+            .strip_prefix("Property values were not valid: ")
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        detail,
+        json!([{"isValid": false, "message": "nope was not one of the allowed options",
+                "error": "INVALID_OPTION", "name": "lifecyclestage"}])
+    );
+    assert!(c.objects("contacts").is_empty());
+
+    // 409: the object it collides with.
+    let r = c.post(
+        UPSERT,
+        &json!({"inputs": [upsert_input("dup@x.io", json!({}))]}),
+    );
+    assert_eq!(r.status, 409);
+    let v = r.json();
+    assert_eq!(v["category"], "CONFLICT");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Contact already exists. Existing ID: "),
+        "{v}"
+    );
+
+    // Without a poisoned input the batch goes through.
+    let r = c.post(
+        UPSERT,
+        &json!({"inputs": [upsert_input("ann@x.io", json!({}))]}),
+    );
+    assert_eq!(r.status, 200);
+    let ann = r.json()["results"][0]["id"].as_str().unwrap().to_owned();
+    // Updates and archives by crm id.
+    let update =
+        |id: &str| json!({"inputs": [{"id": ann, "properties": {}}, {"id": id, "properties": {}}]});
+    assert_eq!(c.post(UPDATE, &update("42")).status, 400);
+    assert_eq!(c.post(UPDATE, &update(&ann)).status, 400, "duplicate ids");
+    let r = c.post(
+        "/crm/v3/objects/contacts/batch/archive",
+        &json!({"inputs": [{"id": "42"}]}),
+    );
+    assert_eq!(r.status, 400);
+    // Contacts create: by email.
+    let r = c.post(
+        "/crm/v3/objects/contacts/batch/create",
+        &json!({"inputs": [{"properties": {"email": "DUP@x.io"}}]}),
+    );
+    assert_eq!(r.status, 409);
+
+    // `operations` narrows it.
+    c.put(
+        "/__mock/faults",
+        &json!({"reject_ids": {"bad@x.io": 400}, "operations": ["batch/update"]}),
+    );
+    let r = c.post(
+        UPSERT,
+        &json!({"inputs": [upsert_input("bad@x.io", json!({}))]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let bad = c.put("/__mock/faults", &json!({"reject_ids": {"a": 503}}));
+    assert_eq!(bad.status, 400);
+}
+
+#[test]
+fn duplicate_emails_in_one_upsert_are_refused_ignoring_case() {
+    let (_s, c) = start_default();
+    let r = c.post(
+        UPSERT,
+        &json!({"inputs": [
+            upsert_input("ann@x.io", json!({})),
+            upsert_input("bob@x.io", json!({})),
+            upsert_input("Ann@X.io", json!({})),
+        ]}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["category"], "VALIDATION_ERROR");
+    assert!(v["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Duplicate IDs found in batch input"));
+    assert!(c.objects("contacts").is_empty());
+}
+
+#[test]
+fn an_unknown_route_is_a_404_without_a_category() {
+    let (_s, c) = start_default();
+    for path in [
+        "/crm/v3/objectz/contacts/batch/upsert",
+        "/v3/objects/contacts/batch/upsert",
+    ] {
+        let r = c.post(path, &json!({"inputs": []}));
+        assert_eq!(r.status, 404);
+        let v = r.json();
+        assert_eq!(v["status"], "error");
+        assert_eq!(
+            v["message"],
+            format!("Unable to route POST request to {path}")
+        );
+        assert!(v["correlationId"].is_string());
+        assert!(
+            v.get("category").is_none(),
+            "OBJECT_NOT_FOUND would read as a missing record: {v}"
+        );
+    }
+}
+
+#[test]
+fn the_daily_limit() {
+    let (_s, c) = start_default();
+    let get = || c.get("/crm/v3/objects/contacts/1");
+    // Reported, never enforced, by default.
+    let r = get();
+    assert_eq!(r.header("X-HubSpot-RateLimit-Daily"), Some("1000000"));
+    assert_eq!(
+        r.header("X-HubSpot-RateLimit-Daily-Remaining"),
+        Some("999999")
+    );
+    c.post("/__mock/reset", &json!({}));
+    let r = c.put("/__mock/faults", &json!({"rate_limit": {"daily": 2}}));
+    assert_eq!(
+        r.json(),
+        json!({"rate_limit": {"interval_ms": 10000, "daily": 2}})
+    );
+    let r = get();
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("X-HubSpot-RateLimit-Daily"), Some("2"));
+    assert_eq!(r.header("X-HubSpot-RateLimit-Daily-Remaining"), Some("1"));
+    // The rolling window is reported, not enforced, without a max.
+    assert_eq!(r.header("X-HubSpot-RateLimit-Max"), Some("190"));
+    assert_eq!(
+        get().header("X-HubSpot-RateLimit-Daily-Remaining"),
+        Some("0")
+    );
+    let r = c.post(
+        UPSERT,
+        &json!({"inputs": [upsert_input("a@x.io", json!({}))]}),
+    );
+    assert_eq!(r.status, 429);
+    let v = r.json();
+    assert_eq!(v["message"], "You have reached your daily limit.");
+    assert_eq!(v["errorType"], "RATE_LIMIT");
+    assert_eq!(v["policyName"], "DAILY");
+    assert!(v["correlationId"].is_string());
+    assert_eq!(r.header("X-HubSpot-RateLimit-Daily"), Some("2"));
+    assert_eq!(r.header("X-HubSpot-RateLimit-Daily-Remaining"), Some("0"));
+    assert!(r
+        .header("X-HubSpot-RateLimit-Interval-Milliseconds")
+        .is_some());
+    assert!(c.objects("contacts").is_empty());
+    // A reset starts a new day (and clears the faults).
+    c.post("/__mock/reset", &json!({}));
+    c.put("/__mock/faults", &json!({"rate_limit": {"daily": 2}}));
+    assert_eq!(get().status, 404);
+}

@@ -6,6 +6,7 @@
 use super::{absorb, hold, remaining, Crm, DEFAULT_RETRY};
 use crate::engine::store::Work;
 use etlify_core::adapter::{Link, Outcome, Report};
+use etlify_core::bisect::bisect;
 use etlify_core::links::{diff, Held, LinkOp, LinkState};
 use etlify_core::plan::{Resolved, Verdict};
 use serde_json::Value;
@@ -102,8 +103,10 @@ pub(super) fn associate(
                 error,
                 Some(pause.unwrap_or(DEFAULT_RETRY).as_millis() as u64),
             ),
-            Outcome::Failed { error } | Outcome::Stale { error } => (Verdict::Failed, error, None),
-            _ => continue,
+            Outcome::Failed { error } | Outcome::Stale { error } | Outcome::Rejected { error } => {
+                (Verdict::Failed, error, None)
+            }
+            Outcome::Synced { .. } | Outcome::Deleted => continue,
         };
         r.verdict = verdict;
         r.error = Some(error);
@@ -144,11 +147,15 @@ fn send(
             ..o.link.clone()
         })
         .collect();
-    let report: Report = if remove {
-        crm.adapter.dissociate(&w.object_type, to_type, &links)
-    } else {
-        crm.adapter.associate(&w.object_type, to_type, &links)
-    };
+    // a batch refused as a whole is split until the refused links are found
+    let adapter = &mut crm.adapter;
+    let report: Report = bisect(&links, |l| &l.key, &mut |part| {
+        if remove {
+            adapter.dissociate(&w.object_type, to_type, part)
+        } else {
+            adapter.associate(&w.object_type, to_type, part)
+        }
+    });
     let by_key = absorb(crm, &report, logs);
     (0..ops.len())
         .map(|i| {
@@ -175,9 +182,11 @@ fn explain(outcome: Outcome, o: &LinkOp, remove: bool) -> Outcome {
         Outcome::Retry { error } => Outcome::Retry {
             error: format!("{what}: {error}"),
         },
-        Outcome::Failed { error } | Outcome::Stale { error } => Outcome::Failed {
-            error: format!("{what} failed: {error}"),
-        },
+        Outcome::Failed { error } | Outcome::Stale { error } | Outcome::Rejected { error } => {
+            Outcome::Failed {
+                error: format!("{what} failed: {error}"),
+            }
+        }
         Outcome::Synced { .. } | Outcome::Deleted => Outcome::Failed {
             error: format!("{what}: the CRM answered something else"),
         },

@@ -11,6 +11,7 @@ pub mod store;
 
 use crate::budgets::{self, CrmKey};
 use etlify_core::adapter::{self, CrmAdapter, CrmSettings, Outcome, Report, RequestLog};
+use etlify_core::bisect::bisect;
 use etlify_core::http::{Answer, Wait};
 use etlify_core::links::Held;
 use etlify_core::plan::{plan, Claimed, Intent, PlannedDelete, PlannedUpsert, Resolved, Verdict};
@@ -174,16 +175,14 @@ impl<H: Host> Engine<H> {
     /// Takes a place in the CRM's window for the round's first request; Err(until)
     /// when the CRM may not be called before then.
     fn reserve(&mut self, w: &Work) -> Result<(), i64> {
-        let Ok(crm) = self.crm(w) else {
-            return Ok(()); // the round reports why the CRM cannot be used
-        };
-        match budgets::with(&crm.key, |b, now| b.take(now).map(|()| now)) {
-            Ok(at) => {
-                crm.reserved.set(Some(at));
-                Ok(())
-            }
-            Err(wait) => Err(wait.until()),
+        let key = CrmKey::of(w);
+        let at = budgets::with(&key, |b, now| b.take(now).map(|()| now)).map_err(Wait::until)?;
+        match self.crm(w) {
+            Ok(crm) => crm.reserved.set(Some(at)),
+            // the round says why the CRM cannot be used (and pauses it)
+            Err(_) => budgets::with(&key, |b, _| b.give_back(at)),
         }
+        Ok(())
     }
 
     /// Gives back a reservation the round did not use (nothing had to be sent).
@@ -376,6 +375,11 @@ impl<H: Host> Engine<H> {
             Err(e) => {
                 // a registration the adapter cannot use: the CRM's fault, not the records'
                 let error = format!("CRM \"{}\" cannot be used: {e}", w.crm);
+                let answer = Answer {
+                    misconfigured: Some(&error),
+                    ..Answer::default()
+                };
+                budgets::with(&CrmKey::of(w), |b, now| b.answered(now, &answer));
                 logs.push(log_entry(&RequestLog {
                     operation: "configure".into(),
                     records: upserts.len() + deletes.len(),
@@ -411,7 +415,11 @@ impl<H: Host> Engine<H> {
                 continue;
             }
             let items: Vec<_> = chunk.iter().map(|u| u.item.clone()).collect();
-            let report = crm.adapter.upsert(&w.object_type, &w.id_property, &items);
+            // a batch refused as a whole is split until the refused records are found
+            let adapter = &mut crm.adapter;
+            let report = bisect(&items, |u| &u.key, &mut |part| {
+                adapter.upsert(&w.object_type, &w.id_property, part)
+            });
             let by_key = absorb(crm, &report, logs);
             for u in chunk {
                 results.push(match by_key.get(u.item.key.as_str()) {
@@ -446,7 +454,10 @@ impl<H: Host> Engine<H> {
                 continue;
             }
             let items: Vec<_> = chunk.iter().map(|d| d.item.clone()).collect();
-            let report = crm.adapter.delete(&w.object_type, &items);
+            let adapter = &mut crm.adapter;
+            let report = bisect(&items, |d| &d.key, &mut |part| {
+                adapter.delete(&w.object_type, part)
+            });
             let by_key = absorb(crm, &report, logs);
             for d in chunk {
                 results.push(settle(
@@ -524,8 +535,8 @@ fn absorb<'a>(
         throttled: statuses().filter(|s| *s == Some(429)).count() as u32,
         faulted: statuses().any(|s| s.is_none_or(|s| matches!(s, 423 | 477 | 500..=599))),
         asked: report.pause,
-        misconfigured: None,
-        daily_reached: false,
+        misconfigured: report.misconfigured.as_deref(),
+        daily_reached: report.daily_limit_reached,
         said: report
             .requests
             .iter()
@@ -559,7 +570,8 @@ fn settle(key: &str, seq: Option<i64>, outcome: Option<&&Outcome>, report: &Repo
             ..Resolved::of(key, seq, Verdict::Synced)
         },
         Some(Outcome::Deleted) => Resolved::of(key, seq, Verdict::Deleted),
-        Some(Outcome::Failed { error }) => Resolved {
+        // bisect() leaves none; should one come through, it fails like a lone refusal
+        Some(Outcome::Failed { error } | Outcome::Rejected { error }) => Resolved {
             error: Some(error.clone()),
             ..Resolved::of(key, seq, Verdict::Failed)
         },

@@ -3,8 +3,11 @@
 //!
 //! The rule of thumb (ARCHITECTURE principle 7): an input the CRM names as wrong is
 //! `Failed` (or `Stale`/`Deleted` when the CRM says the object is gone); anything the
-//! records cannot be blamed for (limits, outages, credentials, an unreadable answer) is
-//! `Retry` with a pause, never counted against them.
+//! records cannot be blamed for (limits, outages, an unreadable answer) is `Retry` with a
+//! pause, never counted against them. A refusal naming no input is `Rejected` for a batch
+//! (`crate::bisect` finds the culprits) and the lone input's fault for a request of one.
+//! Credentials, scopes and a wrong base_url are the registration's fault: every input is
+//! `Retry` and the verdict says the CRM is `misconfigured`.
 
 use super::models::{ErrorEntry, Response};
 use crate::adapter::{shorten, Outcome};
@@ -12,7 +15,8 @@ use crate::http::RateLimitHeaders;
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// 401/403: a token or scope problem that only a human fixes; don't hammer the CRM.
+/// 401/403, no such route: a token, scope or base_url problem that only a human fixes;
+/// don't hammer the CRM (the engine also pauses it until an operator acts).
 pub(crate) const AUTH_PAUSE: Duration = Duration::from_secs(60);
 /// 429 without Retry-After or interval header: HubSpot's window is ten seconds.
 pub(crate) const RATE_LIMIT_PAUSE: Duration = Duration::from_secs(10);
@@ -99,12 +103,17 @@ impl<'a> From<&'a str> for Name<'a> {
 }
 
 /// One answer's verdict: `outcomes[i]` is for `names[i]`.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Default, PartialEq)]
 pub(crate) struct Verdict {
     pub outcomes: Vec<Outcome>,
     pub pause: Option<Duration>,
     /// For the request log: None when every input went through.
     pub error: Option<String>,
+    /// The CRM cannot be used as registered (401, 403, no such route, 1xx/3xx): why,
+    /// and what to check.
+    pub misconfigured: Option<String>,
+    /// A 429 with policyName DAILY.
+    pub daily_limit: bool,
 }
 
 /// `names[i]` names input i the way the CRM will: crm_id for update/archive, id_value for
@@ -122,10 +131,15 @@ pub(crate) fn attribute<'a>(
     let crm_says = || describe(status, parsed.as_ref(), body);
     match status {
         200..=299 => accepted(op, ids, status, parsed, body),
-        401 | 403 => everyone_retries(
+        401 | 403 => misconfigured(
             ids.len(),
             format!("{}; check the secret and the app's scopes", crm_says()),
             AUTH_PAUSE,
+        ),
+        404 if !routed(parsed.as_ref()) => misconfigured(
+            ids.len(),
+            format!("{}; the CRM has no such route: check base_url", crm_says()),
+            MISCONFIGURED_PAUSE,
         ),
         429 => {
             let daily = parsed
@@ -140,7 +154,10 @@ pub(crate) fn attribute<'a>(
                     .filter(|&ms| ms > 0)
                     .map_or(RATE_LIMIT_PAUSE, Duration::from_millis)
             });
-            everyone_retries(ids.len(), crm_says(), pause)
+            Verdict {
+                daily_limit: daily,
+                ..everyone_retries(ids.len(), crm_says(), pause)
+            }
         }
         423 => everyone_retries(
             ids.len(),
@@ -153,11 +170,38 @@ pub(crate) fn attribute<'a>(
             limits.retry_after.unwrap_or(OUTAGE_PAUSE),
         ),
         400..=499 => rejected(op, ids, parsed.as_ref(), crm_says()),
-        _ => everyone_retries(
+        // 1xx/3xx (and nonsense): http for https, a proxy's login page.
+        _ => misconfigured(
             ids.len(),
             format!("{}; check base_url", crm_says()),
             MISCONFIGURED_PAUSE,
         ),
+    }
+}
+
+/// A 404 from HubSpot's object endpoints says OBJECT_NOT_FOUND; anything else (an HTML
+/// page, an empty body, HubSpot's "Unable to route …") means the request reached no
+/// endpoint, so no record is to blame: base_url (or a proxy in front) is wrong.
+fn routed(parsed: Option<&Response>) -> bool {
+    let Some(r) = parsed else { return false };
+    let unrouted = r
+        .top
+        .message
+        .as_deref()
+        .is_some_and(|m| m.starts_with("Unable to route"));
+    let not_found = |e: &ErrorEntry| {
+        e.category()
+            .is_some_and(|c| c.eq_ignore_ascii_case("OBJECT_NOT_FOUND"))
+    };
+    !unrouted && (not_found(&r.top) || r.errors.iter().any(not_found))
+}
+
+/// The registration is wrong: every input is retried once a human fixed it.
+fn misconfigured(count: usize, reason: String, pause: Duration) -> Verdict {
+    let verdict = everyone_retries(count, reason, pause);
+    Verdict {
+        misconfigured: verdict.error.clone(),
+        ..verdict
     }
 }
 
@@ -177,6 +221,7 @@ fn everyone_retries(count: usize, error: String, pause: Duration) -> Verdict {
         ],
         pause: Some(pause.min(MAX_PAUSE)),
         error: Some(error),
+        ..Verdict::default()
     }
 }
 
@@ -191,8 +236,7 @@ fn accepted(op: Op, ids: &[Name], status: u16, parsed: Option<Response>, body: &
             // 204 has no body; whatever else came with a 2xx, the archive happened.
             return Verdict {
                 outcomes: vec![Outcome::Deleted; ids.len()],
-                pause: None,
-                error: None,
+                ..Verdict::default()
             };
         }
         // The CRM may have applied the batch: resending is harmless (upserts by
@@ -293,20 +337,26 @@ fn accepted(op: Op, ids: &[Name], status: u16, parsed: Option<Response>, body: &
     });
     Verdict {
         outcomes,
-        pause: None,
         error,
+        ..Verdict::default()
     }
 }
 
-/// 4xx other than auth and limits: the CRM refused the request. Inputs it names take the
-/// blame; the others were refused along with them and are retried.
+/// 4xx other than auth, limits and unknown routes: the CRM refused the request. Inputs
+/// it names take the blame; the others were refused along with them and are retried.
+/// When it names none, a lone input is to blame as if named; a batch is `Rejected`, for
+/// `crate::bisect` to split until the refusal lands on the inputs that earned it (a 409
+/// CONFLICT or a VALIDATION_ERROR naming only a property is one record's doing, and
+/// failing the batch with it would count it against 99 innocent records).
 fn rejected(op: Op, ids: &[Name], parsed: Option<&Response>, crm_says: String) -> Verdict {
     let index = InputIndex::new(ids);
     let mut outcomes: Vec<Option<Outcome>> = vec![None; ids.len()];
-    let entries = parsed
-        .into_iter()
-        .flat_map(|r| std::iter::once(&r.top).chain(&r.errors));
-    for error in entries {
+    let entries = || {
+        parsed
+            .into_iter()
+            .flat_map(|r| std::iter::once(&r.top).chain(&r.errors))
+    };
+    for error in entries() {
         let outcome = blame(op, error, Some(&crm_says));
         for i in error.ids().iter().flat_map(|id| index.find(id)) {
             outcomes[i].get_or_insert_with(|| outcome.clone());
@@ -314,16 +364,25 @@ fn rejected(op: Op, ids: &[Name], parsed: Option<&Response>, crm_says: String) -
     }
     let error = shorten(&crm_says, MAX_ERROR_CHARS);
     let outcomes = if outcomes.iter().all(Option::is_none) {
-        // Nothing names an input: the whole batch takes the blame. A batch poisoned by
-        // one record whose fault the CRM does not attribute (409 CONFLICT, a
-        // VALIDATION_ERROR naming only a property) fails all its records; splitting such
-        // a batch to find the culprit is the extension's job (ROADMAP "Under fire").
-        vec![
-            Outcome::Failed {
-                error: error.clone()
+        if let [_] = ids {
+            // The input was refused and it was alone: its own fault (or, for a 404
+            // OBJECT_NOT_FOUND, its object is gone).
+            let entry = entries().find(|e| e.category().is_some());
+            let outcome = match entry {
+                Some(entry) => blame_as(op, entry, error.clone()),
+                None => Outcome::Failed {
+                    error: error.clone(),
+                },
             };
-            ids.len()
-        ]
+            vec![outcome]
+        } else {
+            vec![
+                Outcome::Rejected {
+                    error: error.clone()
+                };
+                ids.len()
+            ]
+        }
     } else {
         let bystander = Outcome::Retry {
             error: shorten(
@@ -340,8 +399,8 @@ fn rejected(op: Op, ids: &[Name], parsed: Option<&Response>, crm_says: String) -
     };
     Verdict {
         outcomes,
-        pause: None,
         error: Some(error),
+        ..Verdict::default()
     }
 }
 
@@ -352,7 +411,11 @@ fn blame(op: Op, error: &ErrorEntry, fallback: Option<&str>) -> Outcome {
         .summary()
         .or(fallback.map(str::to_owned))
         .unwrap_or_else(|| "the CRM reported an error without a message".into());
-    let text = shorten(&text, MAX_ERROR_CHARS);
+    blame_as(op, error, shorten(&text, MAX_ERROR_CHARS))
+}
+
+/// `blame`, with the text to record.
+fn blame_as(op: Op, error: &ErrorEntry, text: String) -> Outcome {
     let not_found = error
         .category()
         .is_some_and(|c| c.eq_ignore_ascii_case("OBJECT_NOT_FOUND"));
@@ -574,25 +637,80 @@ mod tests {
         assert_eq!(v.outcomes, vec![synced("1")]);
     }
 
-    #[test]
-    fn batch_limit_400_fails_everyone() {
-        let body = br#"{"status":"error","message":"The maximum number of inputs supported in a batch is 100. Please reduce the number of items and try again","correlationId":"3d1c","category":"VALIDATION_ERROR"}"#;
-        let v = attribute(UPSERT, &["a@b.c", "b@b.c"], 400, &no_limits(), body);
-        let expected = "HTTP 400: VALIDATION_ERROR: The maximum number of inputs supported in a batch is 100. Please reduce the number of items and try again";
-        assert_eq!(v.outcomes, vec![failed(expected), failed(expected)]);
-        assert_eq!(v.error.as_deref(), Some(expected));
-        assert_eq!(v.pause, None);
+    fn rejected(e: &str) -> Outcome {
+        Outcome::Rejected { error: e.into() }
     }
 
     #[test]
-    fn validation_400_naming_a_property_only_fails_everyone() {
-        let body = br#"{"status":"error","message":"Property values were not valid","category":"VALIDATION_ERROR",
+    fn batch_limit_400_rejects_the_batch() {
+        let body = br#"{"status":"error","message":"The maximum number of inputs supported in a batch is 100. Please reduce the number of items and try again","correlationId":"3d1c","category":"VALIDATION_ERROR"}"#;
+        let v = attribute(UPSERT, &["a@b.c", "b@b.c"], 400, &no_limits(), body);
+        let expected = "HTTP 400: VALIDATION_ERROR: The maximum number of inputs supported in a batch is 100. Please reduce the number of items and try again";
+        assert_eq!(v.outcomes, vec![rejected(expected), rejected(expected)]);
+        assert_eq!(v.error.as_deref(), Some(expected));
+        assert_eq!(
+            (v.pause, v.misconfigured, v.daily_limit),
+            (None, None, false)
+        );
+    }
+
+    #[test]
+    fn validation_400_naming_a_property_only_rejects_the_batch() {
+        let body = br#"{"status":"error","message":"Property values were not valid: [{\"isValid\":false,\"message\":\"abc is not a valid integer\",\"error\":\"INVALID_INTEGER\",\"name\":\"age\"}]","correlationId":"c","category":"VALIDATION_ERROR",
             "errors":[{"message":"\"abc\" is not a valid integer","code":"INVALID_INTEGER","context":{"propertyName":["age"]}}]}"#;
         let v = attribute(Op::Update, &["1", "2"], 400, &no_limits(), body);
-        assert!(v
-            .outcomes
-            .iter()
-            .all(|o| matches!(o, Outcome::Failed { .. })));
+        assert!(
+            v.outcomes.iter().all(
+                |o| matches!(o, Outcome::Rejected { error } if error.starts_with("HTTP 400: VALIDATION_ERROR: Property values were not valid"))
+            ),
+            "{:?}",
+            v.outcomes
+        );
+        // Alone, the input is the one at fault.
+        let v = attribute(Op::Update, &["1"], 400, &no_limits(), body);
+        assert!(
+            matches!(&v.outcomes[0], Outcome::Failed { error } if error.starts_with("HTTP 400: VALIDATION_ERROR: Property values were not valid")),
+            "{:?}",
+            v.outcomes
+        );
+    }
+
+    #[test]
+    fn a_lone_input_refused_unnamed_is_blamed_as_if_named() {
+        let gone = br#"{"status":"error","message":"Object not found.  objectId are usually numeric.","correlationId":"x","category":"OBJECT_NOT_FOUND"}"#;
+        let text = "HTTP 404: OBJECT_NOT_FOUND: Object not found.  objectId are usually numeric.";
+        let v = attribute(Op::Update, &["7"], 404, &no_limits(), gone);
+        assert_eq!(v.outcomes, vec![Outcome::Stale { error: text.into() }]);
+        let v = attribute(Op::Archive, &["7"], 404, &no_limits(), gone);
+        assert_eq!(v.outcomes, vec![Outcome::Deleted]);
+        let v = attribute(UPSERT, &["a@b.c"], 404, &no_limits(), gone);
+        assert_eq!(v.outcomes, vec![failed(text)]);
+        // Several inputs: bisection finds the stale ids; nobody is failed for them.
+        for op in [Op::Update, Op::Archive, UPSERT] {
+            let v = attribute(op, &["7", "8"], 404, &no_limits(), gone);
+            assert_eq!(v.outcomes, vec![rejected(text), rejected(text)], "{op:?}");
+            assert_eq!(v.misconfigured, None);
+        }
+        let conflict = br#"{"status":"error","message":"Contact already exists. Existing ID: 5","correlationId":"y","category":"CONFLICT"}"#;
+        let v = attribute(UPSERT, &["a@b.c"], 409, &no_limits(), conflict);
+        assert_eq!(
+            v.outcomes,
+            vec![failed(
+                "HTTP 409: CONFLICT: Contact already exists. Existing ID: 5"
+            )]
+        );
+        // No category at all: still the lone input's fault.
+        let v = attribute(
+            Op::Update,
+            &["7"],
+            400,
+            &no_limits(),
+            b"<html>Bad Request</html>",
+        );
+        assert_eq!(
+            v.outcomes,
+            vec![failed("HTTP 400: <html>Bad Request</html>")]
+        );
     }
 
     #[test]
@@ -627,11 +745,11 @@ mod tests {
     }
 
     #[test]
-    fn conflict_409_fails_everyone_with_the_crm_message() {
+    fn conflict_409_rejects_the_batch_with_the_crm_message() {
         let body = br#"{"status":"error","message":"Contact already exists. Existing ID: 37765128953","correlationId":"y","category":"CONFLICT"}"#;
         let v = attribute(Op::Update, &["1", "2"], 409, &no_limits(), body);
         let expected =
-            failed("HTTP 409: CONFLICT: Contact already exists. Existing ID: 37765128953");
+            rejected("HTTP 409: CONFLICT: Contact already exists. Existing ID: 37765128953");
         assert_eq!(v.outcomes, vec![expected.clone(), expected]);
     }
 
@@ -657,6 +775,17 @@ mod tests {
         );
         assert_eq!(v.pause, Some(Duration::from_secs(10)));
         assert_eq!(v.error.as_deref(), Some(expected));
+        assert!(!v.daily_limit);
+    }
+
+    #[test]
+    fn the_daily_limit_is_told_apart() {
+        let body = br#"{"status":"error","message":"You have reached your daily limit.","errorType":"RATE_LIMIT","correlationId":"z","policyName":"DAILY"}"#;
+        let v = attribute(UPSERT, &["a@b.c", "b@b.c"], 429, &no_limits(), body);
+        assert!(v.daily_limit);
+        assert!(v.outcomes.iter().all(is_retry));
+        assert_eq!(v.pause, Some(DAILY_LIMIT_PAUSE));
+        assert_eq!(v.misconfigured, None);
     }
 
     #[test]
@@ -701,6 +830,53 @@ mod tests {
             "{:?}",
             v.outcomes[0]
         );
+        assert_eq!(v.misconfigured, v.error);
+        let v = attribute(UPSERT, &["a@b.c"], 403, &no_limits(), br#"{"status":"error","message":"This app hasn't been granted all required scopes to make this call.","category":"MISSING_SCOPES"}"#);
+        assert_eq!(
+            v.misconfigured.as_deref(),
+            Some("HTTP 403: MISSING_SCOPES: This app hasn't been granted all required scopes to make this call.; check the secret and the app's scopes")
+        );
+        assert!(is_retry(&v.outcomes[0]));
+    }
+
+    #[test]
+    fn a_404_that_is_no_object_not_found_is_a_wrong_base_url() {
+        for body in [
+            &b""[..],
+            b"<html><body>Not Found</body></html>",
+            br#"{"status":"error","message":"Unable to route POST request to /v3/objects/contacts/batch/upsert","correlationId":"c"}"#,
+            // The route-not-found message wins over a category.
+            br#"{"status":"error","message":"Unable to route POST request to /x","category":"OBJECT_NOT_FOUND"}"#,
+            br#"{"status":"error","message":"not here"}"#,
+        ] {
+            for names in [&["7"][..], &["7", "8"]] {
+                let v = attribute(Op::Update, names, 404, &no_limits(), body);
+                assert!(v.outcomes.iter().all(is_retry), "{body:?}");
+                let reason = v.misconfigured.unwrap();
+                assert!(
+                    reason.starts_with("HTTP 404: ") && reason.ends_with("; the CRM has no such route: check base_url"),
+                    "{reason}"
+                );
+                assert_eq!(v.pause, Some(MISCONFIGURED_PAUSE));
+            }
+        }
+        // Inside a batch response: a routed 404.
+        let body = br#"{"status":"error","message":"m","errors":[{"category":"OBJECT_NOT_FOUND","context":{"ids":["8"]}}]}"#;
+        let v = attribute(Op::Update, &["7", "8"], 404, &no_limits(), body);
+        assert_eq!(v.misconfigured, None);
+        assert!(matches!(v.outcomes[1], Outcome::Stale { .. }));
+    }
+
+    #[test]
+    fn redirects_are_a_wrong_base_url() {
+        for status in [101, 301, 302, 307, 308] {
+            let v = attribute(UPSERT, &["a", "b"], status, &no_limits(), b"");
+            assert!(v.outcomes.iter().all(is_retry), "{status}");
+            assert_eq!(
+                v.misconfigured,
+                Some(format!("HTTP {status}: empty body; check base_url"))
+            );
+        }
     }
 
     #[test]
@@ -740,18 +916,20 @@ mod tests {
     }
 
     #[test]
-    fn an_odd_4xx_body_fails_everyone_without_panicking() {
+    fn an_odd_4xx_body_rejects_the_batch_without_panicking() {
         for body in [
             &b""[..],
-            b"<html>Not Found</html>",
+            b"<html>Bad Request</html>",
             b"{\"truncated",
             b"null",
         ] {
-            let v = attribute(UPSERT, &["a@b.c", "b"], 404, &no_limits(), body);
+            let v = attribute(UPSERT, &["a@b.c", "b"], 400, &no_limits(), body);
             assert!(v
                 .outcomes
                 .iter()
-                .all(|o| matches!(o, Outcome::Failed { .. })));
+                .all(|o| matches!(o, Outcome::Rejected { .. })));
+            let v = attribute(UPSERT, &["a@b.c"], 400, &no_limits(), body);
+            assert!(matches!(v.outcomes[0], Outcome::Failed { .. }));
         }
     }
 
@@ -892,7 +1070,7 @@ mod tests {
         let body = br#"{"status":"error","message":"The maximum number of inputs supported in a batch is 1000. Please reduce the number of items and try again","category":"VALIDATION_ERROR"}"#;
         let v = attribute(Op::AssociateDefault, &links, 400, &no_limits(), body);
         assert!(v.outcomes.iter().all(
-            |o| matches!(o, Outcome::Failed { error } if error.contains("maximum number of inputs"))
+            |o| matches!(o, Outcome::Rejected { error } if error.contains("maximum number of inputs"))
         ));
         for op in [Op::AssociateDefault, Op::AssociateLabelled, Op::Dissociate] {
             for status in [429, 500, 502, 503] {

@@ -4,7 +4,9 @@
 //! have a crm_id (so a changed email updates the same contact, principle 2),
 //! `batch/upsert` by id_property for the others (so a resend never creates a duplicate),
 //! `batch/archive` for deletes; associations through the v4 batch endpoints
-//! (`associations`). Who is to blame for what is decided in `attribution`.
+//! (`associations`). Who is to blame for what is decided in `attribution`; a batch
+//! refused whole comes back `Rejected`, for `crate::bisect` to split. Records naming one
+//! object twice are held back (`Retry`) before sending, as HubSpot refuses such a batch.
 
 mod associations;
 mod attribution;
@@ -17,6 +19,7 @@ use crate::adapter::{
 use crate::config::AdapterConfig;
 use crate::http::{ClientSettings, HttpClient, LimitHeaderNames, Pacer, Reply};
 use attribution::{attribute, broken, Name, Op};
+use std::collections::HashSet;
 use std::time::Duration;
 
 /// HubSpot refuses more than 100 inputs per batch request.
@@ -105,6 +108,12 @@ impl HubspotAdapter {
         names: &[Name],
         body: Vec<u8>,
     ) {
+        if let Some(reason) = report.misconfiguration() {
+            // The next request would meet the same token, scopes or base_url.
+            let reason = reason.to_owned();
+            report.retry(indices, &reason);
+            return;
+        }
         if report.paused() {
             // The CRM just asked us to slow down; sending more now would only earn
             // another 429 (or hit a broken CRM again).
@@ -133,11 +142,22 @@ impl HubspotAdapter {
             duration_ms: exchange.duration_ms,
             error: verdict.error.as_deref().map(|e| self.client.mask(e)),
         });
-        for (&i, outcome) in indices.iter().zip(verdict.outcomes) {
-            report.set(i, self.mask_outcome(outcome));
+        if let Some(reason) = &verdict.misconfigured {
+            // Naming the URL shows a wrong base_url at a glance, and which object type
+            // a token lacks the scope for.
+            let reason = self.client.mask(&format!("{reason} (POST {url})"));
+            report.retry(indices, &reason);
+            report.misconfigured(reason);
+        } else {
+            for (&i, outcome) in indices.iter().zip(verdict.outcomes) {
+                report.set(i, self.mask_outcome(outcome));
+            }
         }
         if let Some(pause) = verdict.pause {
             report.pause(pause);
+        }
+        if verdict.daily_limit {
+            report.daily_limit_reached();
         }
     }
 
@@ -151,6 +171,9 @@ impl HubspotAdapter {
                 error: self.client.mask(&error),
             },
             Outcome::Stale { error } => Outcome::Stale {
+                error: self.client.mask(&error),
+            },
+            Outcome::Rejected { error } => Outcome::Rejected {
                 error: self.client.mask(&error),
             },
             done @ (Outcome::Synced { .. } | Outcome::Deleted) => done,
@@ -167,8 +190,17 @@ impl CrmAdapter for HubspotAdapter {
         let mut report = ReportBuilder::new(items.iter().map(|i| i.key.as_str()));
         let mut updates = Vec::new();
         let mut upserts = Vec::new();
+        // HubSpot refuses a whole batch naming one object twice ("Duplicate IDs"; an
+        // email is unique ignoring case), and would apply only one of the two writes
+        // anyway: the later records wait for a later batch, where they land on the same
+        // object.
+        let mut first_update = Dedupe::default();
+        let mut first_upsert = Dedupe::default();
         for (i, item) in items.iter().enumerate() {
             match item.crm_id.as_deref() {
+                Some(id) if !id.is_empty() && !first_update.first(id) => {
+                    report.set(i, deferred("crm_id"));
+                }
                 Some(id) if !id.is_empty() => updates.push(i),
                 _ if item.id_value.trim().is_empty() => {
                     // HubSpot would refuse the whole batch for it.
@@ -180,6 +212,9 @@ impl CrmAdapter for HubspotAdapter {
                             ),
                         },
                     );
+                }
+                _ if !first_upsert.first(&item.id_value) => {
+                    report.set(i, deferred(&format!("{id_property} ignoring case")));
                 }
                 _ => upserts.push(i),
             }
@@ -228,6 +263,25 @@ impl CrmAdapter for HubspotAdapter {
     }
 }
 
+/// Names already in a batch, compared the way HubSpot compares them: ignoring case
+/// (emails are unique case-insensitively; crm ids are digits) and surrounding blanks.
+#[derive(Default)]
+struct Dedupe(HashSet<String>);
+
+impl Dedupe {
+    /// Whether `name` is new to the batch (and remembers it).
+    fn first(&mut self, name: &str) -> bool {
+        self.0.insert(name.trim().to_lowercase())
+    }
+}
+
+/// A record held back because another one of its batch names the same object.
+fn deferred(what: &str) -> Outcome {
+    Outcome::Retry {
+        error: format!("deferred: another record in this batch has the same {what}"),
+    }
+}
+
 /// Object types are names like `contacts`, `p12345_cars` or `2-123456`; anything else
 /// is percent-encoded so it cannot change the path.
 fn path_segment(s: &str) -> String {
@@ -262,5 +316,20 @@ mod tests {
         assert_eq!(path_segment("p1_cars"), "p1_cars");
         assert_eq!(path_segment("../x?y=1"), "..%2Fx%3Fy%3D1");
         assert_eq!(path_segment("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn dedupe_ignores_case_and_blanks() {
+        let mut d = Dedupe::default();
+        assert!(d.first("Ann@X.io"));
+        assert!(!d.first("ann@x.io "));
+        assert!(d.first("bob@x.io"));
+        assert_eq!(
+            deferred("email ignoring case"),
+            Outcome::Retry {
+                error: "deferred: another record in this batch has the same email ignoring case"
+                    .into()
+            }
+        );
     }
 }
