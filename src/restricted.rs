@@ -128,17 +128,41 @@ pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
     }
 }
 
-/// Runs `f` under a snapshot taken now, as a new statement would. Needed for
-/// read-only SPI calls: pgrx runs a statement read-only when the (sub)transaction
-/// has no xid yet, and a read-only statement reads the active snapshot, which in
-/// the worker is the one its transaction started with. A claim commits keys that
-/// other transactions committed after that; their rows must be read as committed,
-/// not as missing (a new row would be dropped, a live one archived).
+/// Runs `f` under one snapshot taken now, as a new statement would, and keeps it
+/// for every statement `f` runs.
+///
+/// Taken now: pgrx runs a statement read-only when the (sub)transaction has no xid
+/// yet, and a read-only statement reads the active snapshot, which in the worker is
+/// the one its transaction started with. A claim commits keys that other
+/// transactions committed after that; their rows must be read as committed, not as
+/// missing (a new row would be dropped, a live one archived).
+///
+/// Kept: a statement that is not read-only takes a snapshot of its own under READ
+/// COMMITTED. The payloads and what they wait for (etlify._await) must agree: a deal
+/// serialized before its company had a CRM id, then checked after another worker
+/// synced the company, went out without the company's id. For the length of `f`,
+/// the transaction's snapshot is the one taken here, as under REPEATABLE READ
+/// (GetTransactionSnapshot then returns it). `f` must not write: under REPEATABLE
+/// READ a write that meets a concurrent update fails instead of waiting.
 /// An error inside pops the snapshot with the (sub)transaction it aborts.
-pub fn fresh_snapshot<R>(f: impl FnOnce() -> R) -> R {
-    // SAFETY: pushed and popped around `f` at the same nesting level
-    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
-    let r = f();
+pub fn one_snapshot<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: pushed and popped around `f` at the same nesting level; the isolation
+    // level is a plain global, restored whatever way `f` ends
+    unsafe {
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let saved = unsafe { pg_sys::XactIsoLevel };
+    let pin = saved < pg_sys::XACT_REPEATABLE_READ as i32;
+    if pin {
+        unsafe { pg_sys::XactIsoLevel = pg_sys::XACT_REPEATABLE_READ as i32 };
+    }
+    let r = PgTryBuilder::new(AssertUnwindSafe(f))
+        .finally(|| {
+            if pin {
+                unsafe { pg_sys::XactIsoLevel = saved };
+            }
+        })
+        .execute();
     unsafe { pg_sys::PopActiveSnapshot() };
     r
 }

@@ -3,7 +3,7 @@
 //! object type like the records. What to ask is etlify_core::links::diff's call;
 //! this sends it and turns the answers into the records' results.
 
-use super::{absorb, hold, remaining, Crm, DEFAULT_RETRY};
+use super::{absorb, hold, Crm, DEFAULT_RETRY};
 use crate::engine::store::Work;
 use etlify_core::adapter::{Link, Outcome, Report};
 use etlify_core::bisect::bisect;
@@ -125,8 +125,8 @@ fn send(
     logs: &mut Vec<Value>,
     stop: &dyn Fn() -> bool,
 ) -> Vec<(Outcome, Option<Duration>)> {
-    if let Some(reason) = hold(crm, stop) {
-        let pause = Some(remaining(crm));
+    if let Some((reason, wait)) = hold(crm, stop) {
+        let pause = Some(wait);
         return ops
             .iter()
             .map(|_| {

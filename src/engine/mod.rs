@@ -406,11 +406,11 @@ impl<H: Host> Engine<H> {
         let mut claimed_ids = std::collections::HashSet::new();
 
         for chunk in upserts.chunks(batch) {
-            if let Some(reason) = hold(crm, stop) {
+            if let Some((reason, wait)) = hold(crm, stop) {
                 results.extend(
                     chunk
                         .iter()
-                        .map(|u| retry(&u.item.key, u.seq, &reason, remaining(crm))),
+                        .map(|u| retry(&u.item.key, u.seq, &reason, wait)),
                 );
                 continue;
             }
@@ -445,11 +445,11 @@ impl<H: Host> Engine<H> {
                 .map(|d| Resolved::of(&d.item.key, d.seq, Verdict::Deleted)),
         );
         for chunk in kept.chunks(batch) {
-            if let Some(reason) = hold(crm, stop) {
+            if let Some((reason, wait)) = hold(crm, stop) {
                 results.extend(
                     chunk
                         .iter()
-                        .map(|d| retry(&d.item.key, d.seq, &reason, remaining(crm))),
+                        .map(|d| retry(&d.item.key, d.seq, &reason, wait)),
                 );
                 continue;
             }
@@ -489,25 +489,30 @@ fn round_cap(work: &[Work]) -> u32 {
     }
 }
 
-/// Why the next request must not go now, if it must not.
-fn hold(crm: &Crm, stop: &dyn Fn() -> bool) -> Option<String> {
+/// Why the next request must not go now, and for how long, if it must not: asked to
+/// stop, the CRM paused, or its window full for longer than a request waits (the
+/// records then wait in the queue, not in a worker).
+fn hold(crm: &Crm, stop: &dyn Fn() -> bool) -> Option<(String, Duration)> {
     if stop() {
-        return Some("stopped before sending".into());
+        return Some(("stopped before sending".into(), Duration::ZERO));
     }
-    match budgets::with(&crm.key, |b, now| (b.check(now), b.status(now).reason)) {
-        (Err(Wait::Paused { .. }), reason) if reason.is_empty() => {
-            Some("the CRM asked to pause".into())
+    if crm.reserved.get().is_some() {
+        return None; // the round's first request has its place
+    }
+    let (check, reason) = budgets::with(&crm.key, |b, now| (b.check(now), b.status(now).reason));
+    match check {
+        Err(Wait::Paused { until, .. }) if reason.is_empty() => {
+            Some(("the CRM asked to pause".into(), budgets::until(until)))
         }
-        (Err(Wait::Paused { .. }), reason) => Some(format!("the CRM is paused: {reason}")),
+        Err(Wait::Paused { until, .. }) => Some((
+            format!("the CRM is paused: {reason}"),
+            budgets::until(until),
+        )),
+        Err(Wait::Window { until }) if budgets::until(until) > pacer::MAX_WAIT => Some((
+            "waiting for the CRM's rate limit".into(),
+            budgets::until(until),
+        )),
         _ => None,
-    }
-}
-
-/// How long the CRM's pause still runs.
-fn remaining(crm: &Crm) -> Duration {
-    match budgets::with(&crm.key, |b, now| b.check(now)) {
-        Err(Wait::Paused { until, .. }) => budgets::until(until),
-        _ => Duration::ZERO,
     }
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 pub type Sleeper = fn(Duration) -> bool;
 
 /// The longest a request waits for its place in the window.
-const MAX_WAIT: Duration = Duration::from_secs(2);
+pub const MAX_WAIT: Duration = Duration::from_secs(2);
 
 /// A place in the window the engine took before claiming (see `Engine::drain`): the
 /// round's first request uses it.

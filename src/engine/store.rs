@@ -116,23 +116,31 @@ pub fn claim(
     });
     if !claimed.is_empty() {
         // read the rows as of now, not as of the transaction's start: the claim
-        // saw keys that later commits enqueued (restricted::fresh_snapshot); and
-        // what the records wait for under the snapshot their payloads were read
-        // under (a payload read before its reference had an id is never sent)
-        restricted::fresh_snapshot(|| {
+        // saw keys that later commits enqueued; and what the records wait for
+        // under the snapshot their payloads were read under (a payload read
+        // before its reference had an id is never sent): restricted::one_snapshot
+        let blocked = restricted::one_snapshot(|| {
             let refs = fetch(mapping_id, &mut claimed, true);
             if refs.iter().any(Option::is_some) {
-                awaited(mapping_id, &mut claimed, &refs);
+                awaited(mapping_id, &mut claimed, &refs)
+            } else {
+                (Vec::new(), Vec::new())
             }
         });
+        enqueue_awaited(mapping_id, blocked);
     }
     claimed
 }
 
 /// The sync dependencies of claimed records (etlify._await): the ones a record
-/// waits for (the plan buffers it, and the referenced record is enqueued), and
-/// its associations. `refs` are the fetch's, one list per claimed record.
-fn awaited(mapping_id: i32, claimed: &mut [Claimed], refs: &[Option<Vec<Option<String>>>]) {
+/// waits for (the plan buffers it), and its associations. `refs` are the fetch's,
+/// one list per claimed record. Returns the referenced records waited for, as
+/// (positions, keys), to be enqueued.
+fn awaited(
+    mapping_id: i32,
+    claimed: &mut [Claimed],
+    refs: &[Option<Vec<Option<String>>>],
+) -> (Vec<i32>, Vec<String>) {
     let (mut keys, mut positions, mut values) = (Vec::new(), Vec::new(), Vec::new());
     for (c, r) in claimed.iter().zip(refs) {
         if let (true, true, Some(r)) = (c.present, c.included, r) {
@@ -144,7 +152,7 @@ fn awaited(mapping_id: i32, claimed: &mut [Claimed], refs: &[Option<Vec<Option<S
         }
     }
     if keys.is_empty() {
-        return;
+        return (Vec::new(), Vec::new());
     }
     let by_key: HashMap<String, usize> = claimed
         .iter()
@@ -203,6 +211,11 @@ fn awaited(mapping_id: i32, claimed: &mut [Claimed], refs: &[Option<Vec<Option<S
             }
         }
     });
+    (blocked_pos, blocked_refs)
+}
+
+/// Enqueues the referenced records that claimed records wait for.
+fn enqueue_awaited(mapping_id: i32, (blocked_pos, blocked_refs): (Vec<i32>, Vec<String>)) {
     if !blocked_pos.is_empty() {
         Spi::connect_mut(|client| {
             client
@@ -362,7 +375,7 @@ fn plan_with_refs(mapping_id: i32, scan: bool) -> Result<FetchPlan, String> {
 pub fn load(mapping_id: i32, records: &mut [Claimed]) {
     if !records.is_empty() {
         // a re-check compares payloads: what records wait for is the drain's
-        restricted::fresh_snapshot(|| drop(fetch(mapping_id, records, false)));
+        restricted::one_snapshot(|| drop(fetch(mapping_id, records, false)));
     }
 }
 
