@@ -7,6 +7,7 @@
 //! panic the server log and the mock's request log are printed to help debugging.
 
 pub mod cluster;
+pub mod exact;
 pub mod fixtures;
 pub mod mock;
 pub mod report;
