@@ -390,7 +390,12 @@ BEGIN
     SELECT c.max_sync_errors INTO v_max
       FROM etlify.mappings m JOIN etlify.crms c ON c.name = m.crm WHERE m.id = p_mapping;
     IF NOT FOUND THEN
-        RETURN NULL;  -- unsynced while the batch was in flight
+        -- unsynced (or its table dropped) while the batch was in flight: what is
+        -- left of its claim goes, the rest is etlify._collect_forgotten's
+        IF p_claimer IS NOT NULL THEN
+            DELETE FROM etlify.queue q WHERE q.mapping_id = p_mapping AND q.claimed_by = p_claimer;
+        END IF;
+        RETURN NULL;
     END IF;
 
     v_results := ARRAY(SELECT jsonb_populate_recordset(NULL::etlify._result, p_results));
@@ -540,6 +545,11 @@ DECLARE
     v_n  bigint := 0;
 BEGIN
     FOR v_id IN SELECT f.mapping_id FROM etlify.forgotten f FOR UPDATE SKIP LOCKED LOOP
+        -- a claimer still in flight records its batch when it is done, perhaps
+        -- under a snapshot that still had the mapping: what it writes must be
+        -- deleted after it, so the mapping waits for the next drain
+        CONTINUE WHEN EXISTS (SELECT 1 FROM etlify.queue q
+                               WHERE q.mapping_id = v_id AND q.claimed_by IS NOT NULL);
         DELETE FROM etlify.changes WHERE mapping_id = v_id;
         DELETE FROM etlify.queue WHERE mapping_id = v_id;
         DELETE FROM etlify.records WHERE mapping_id = v_id;
