@@ -497,6 +497,8 @@ BEGIN
      WHERE r.outcome IN ('failed', 'retry', 'stale')
     ON CONFLICT (mapping_id, key) DO UPDATE
        SET not_before = EXCLUDED.not_before, claimed_by = NULL, claimed_at = NULL
+       -- never another claimer's: it is sending that key now, and records it itself
+     WHERE q.claimed_by IS NULL OR q.claimed_by = p_claimer
     RETURNING q.not_before)
     SELECT min(not_before) INTO v_next FROM retried WHERE not_before < 'infinity';
 

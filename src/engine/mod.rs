@@ -252,7 +252,14 @@ impl<H: Host> Engine<H> {
             return Some(Verdict::Disabled);
         }
         let Some(index) = host.worker() else {
-            return Some(self.one_of(&w, key, intent));
+            // inline: wait until the claimer that is sending this key is done (a
+            // cancel or statement_timeout ends the wait)
+            loop {
+                if let Some(v) = self.one_of(&w, key, intent) {
+                    return Some(v);
+                }
+                crate::latch::backend_wait(Duration::from_millis(50));
+            }
         };
         let crm_key = CrmKey::of(&w);
         if !budgets::enter(&crm_key, index, cap) {
@@ -261,10 +268,12 @@ impl<H: Host> Engine<H> {
         // an error unwinds past this: recover() forgets the worker's rounds
         let verdict = self.one_of(&w, key, intent);
         budgets::leave(&crm_key, index);
-        Some(verdict)
+        verdict
     }
 
-    fn one_of(&mut self, w: &Work, key: &str, intent: Intent) -> Verdict {
+    /// None when another claimer is sending the key now: sending it beside that
+    /// one could land the older payload last.
+    fn one_of(&mut self, w: &Work, key: &str, intent: Intent) -> Option<Verdict> {
         let host = self.host;
         let mapping_id = w.mapping_id;
         host.step(store::settle_inline_sends);
@@ -272,6 +281,9 @@ impl<H: Host> Engine<H> {
         for _ in 0..2 {
             let rows = host
                 .step(|| store::claim(mapping_id, 1, host.claimer(), Some(vec![key.to_string()])));
+            if rows.iter().any(|r| r.seq.is_none()) {
+                return None;
+            }
             let (results, logs, held) = self.process(w, rows, intent, &|| false);
             host.step(|| {
                 store::record(mapping_id, host.claimer(), &results);
@@ -280,11 +292,11 @@ impl<H: Host> Engine<H> {
             });
             match results.first().map(|r| r.verdict) {
                 Some(Verdict::Stale) if intent == Intent::Reconcile => continue,
-                Some(v) => return v,
-                None => return Verdict::Noop,
+                Some(v) => return Some(v),
+                None => return Some(Verdict::Noop),
             }
         }
-        Verdict::Failed
+        Some(Verdict::Failed)
     }
 
     /// The CRM's adapter, built once and rebuilt when its registration changes.
@@ -496,10 +508,9 @@ fn hold(crm: &Crm, stop: &dyn Fn() -> bool) -> Option<(String, Duration)> {
     if stop() {
         return Some(("stopped before sending".into(), Duration::ZERO));
     }
-    if crm.reserved.get().is_some() {
-        return None; // the round's first request has its place
-    }
     let (check, reason) = budgets::with(&crm.key, |b, now| (b.check(now), b.status(now).reason));
+    // the round's first request has its place in the window already
+    let reserved = crm.reserved.get().is_some();
     match check {
         Err(Wait::Paused { until, .. }) if reason.is_empty() => {
             Some(("the CRM asked to pause".into(), budgets::until(until)))
@@ -508,10 +519,12 @@ fn hold(crm: &Crm, stop: &dyn Fn() -> bool) -> Option<(String, Duration)> {
             format!("the CRM is paused: {reason}"),
             budgets::until(until),
         )),
-        Err(Wait::Window { until }) if budgets::until(until) > pacer::MAX_WAIT => Some((
-            "waiting for the CRM's rate limit".into(),
-            budgets::until(until),
-        )),
+        Err(Wait::Window { until }) if !reserved && budgets::until(until) > pacer::MAX_WAIT => {
+            Some((
+                "waiting for the CRM's rate limit".into(),
+                budgets::until(until),
+            ))
+        }
         _ => None,
     }
 }

@@ -48,7 +48,20 @@ impl BudgetPacer {
 impl Pacer for BudgetPacer {
     fn acquire(&mut self) -> Result<(), String> {
         if let Some(at) = self.reserved.take() {
-            budgets::with(&self.key, |b, now| b.retime(at, now));
+            // the place is the round's; a pause another process met since wins
+            let paused = budgets::with(&self.key, |b, now| match b.check(now) {
+                Err(Wait::Paused { .. }) => {
+                    b.give_back(at);
+                    true
+                }
+                _ => {
+                    b.retime(at, now);
+                    false
+                }
+            });
+            if paused {
+                return Err("the CRM is paused".into());
+            }
             return Ok(());
         }
         loop {

@@ -182,8 +182,14 @@ fn write_until(conninfo: &str, seed: u64, until: std::time::Instant) -> u64 {
         };
         let id = 1 + rng.below(300) as i64;
         let sql = match rng.below(10) {
-            0..=4 => format!("UPDATE users SET first_name = 'n{}' WHERE id = {id}", rng.below(1000)),
-            5 => format!("UPDATE users SET email = 'moved{id}.{}@example.com' WHERE id = {id}", rng.below(1000)),
+            0..=4 => format!(
+                "UPDATE users SET first_name = 'n{}' WHERE id = {id}",
+                rng.below(1000)
+            ),
+            5 => format!(
+                "UPDATE users SET email = 'moved{id}.{}@example.com' WHERE id = {id}",
+                rng.below(1000)
+            ),
             6 => format!("DELETE FROM users WHERE id = {id}"),
             7 => format!(
                 "UPDATE users SET last_name = 'l{}' WHERE id BETWEEN {id} AND {}",

@@ -69,7 +69,14 @@ fn state_of(db: &mut Client, crm: &str) -> String {
 /// fills a window first; the workers, started within it, wait for it to roll.
 #[test]
 fn two_workers_and_a_drain_share_one_rolling_window_learned_from_the_crm() {
-    let mock = Mock::start(&["--token", TOKEN, "--rate-limit", "12", "--rate-interval-ms", "2000"]);
+    let mock = Mock::start(&[
+        "--token",
+        TOKEN,
+        "--rate-limit",
+        "12",
+        "--rate-interval-ms",
+        "2000",
+    ]);
     let cluster = etlify_e2e::Cluster::start("etlify.workers = 2\netlify.enabled = off");
     let mut db = cluster.client();
     db.batch_execute("CREATE EXTENSION etlify").unwrap();
@@ -101,11 +108,19 @@ fn two_workers_and_a_drain_share_one_rolling_window_learned_from_the_crm() {
     let reqs = mock.crm_requests();
     assert_eq!(count_status(&reqs, 429), 0, "no 429: {reqs:?}");
     // the mock counts arrivals; no window of its interval held more than its max
-    assert!(densest(&reqs, 2_000_000) <= 12, "{}", densest(&reqs, 2_000_000));
+    assert!(
+        densest(&reqs, 2_000_000) <= 12,
+        "{}",
+        densest(&reqs, 2_000_000)
+    );
     let s = crm_status(&mut db, "hubspot");
     assert_eq!(s["state"].as_deref(), Some("ok"), "{s:?}");
     assert_eq!(s["rate_limit"].as_deref(), Some("12"), "learned: {s:?}");
-    assert_eq!(s["rate_period"].as_deref(), Some("00:00:02"), "learned: {s:?}");
+    assert_eq!(
+        s["rate_period"].as_deref(),
+        Some("00:00:02"),
+        "learned: {s:?}"
+    );
     assert_eq!(s["throttled_total"].as_deref(), Some("0"), "{s:?}");
 }
 
@@ -421,4 +436,38 @@ fn sigterm_stops_the_workers_mid_request() {
     assert_eq!(env.mock.objects("contacts").len(), 1);
     let log = env.cluster.log();
     assert!(log.contains("etlify sync worker 1 stopped"), "{log}");
+}
+
+/// Item 2: sync() of a key that another worker is sending waits for that worker,
+/// rather than sending beside it and recording over its claim (recording a retry
+/// once cleared the other worker's claim, and a later change of the key was then
+/// never sent: the trust suite's cancelled sync() caught it, one run in two).
+/// The newest payload is what the CRM ends with.
+#[test]
+fn sync_of_a_key_in_flight_at_another_worker_waits_for_it() {
+    let mut env = Env::start("", "");
+    map_users(&mut env.db, "");
+    insert_users(&mut env.db, [1]);
+    wait_users_state(&mut env.db, &[1], "synced");
+    env.mock
+        .set_faults(json!({ "hang_ms": 3000, "operations": ["batch/update"] }));
+    env.db
+        .execute("UPDATE users SET first_name = 'Older' WHERE id = 1", &[])
+        .unwrap();
+    wait_for_default("the older payload in flight", || {
+        (env.mock.inflight() > 0).then_some(())
+    });
+    env.mock.set_faults(json!({}));
+    env.db
+        .execute("UPDATE users SET first_name = 'Newer' WHERE id = 1", &[])
+        .unwrap();
+    let v = scalar(&mut env.db, "SELECT etlify.sync('hubspot', 'users', '1')");
+    assert_eq!(v.as_deref(), Some("synced"));
+    wait_users_state(&mut env.db, &[1], "synced");
+    std::thread::sleep(Duration::from_millis(500));
+    let c = env
+        .mock
+        .find("contacts", "email", &email(1))
+        .expect("the contact");
+    assert_eq!(c["properties"]["firstname"], "Newer", "{c}");
 }

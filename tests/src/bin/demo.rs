@@ -150,6 +150,12 @@ fn show_state(db: &mut Client, mock: &Mock) {
         "SELECT crm, source, key, state, crm_id, to_char(last_synced_at, 'HH24:MI:SS.MS') AS last_synced_at, \
          error_count, last_error FROM etlify.sync_status ORDER BY source::text, key::bigint",
     ));
+    println!("  etlify.crm_status (the rate limit is HubSpot's own, learned from its answers)");
+    print_indented(&query_table(
+        db,
+        "SELECT crm, state, rate_limit, rate_period, requests_last_period, throttled_total, \
+         daily_used, daily_limit, pause_reason FROM etlify.crm_status",
+    ));
     println!("  etlify.sync_log (newest first)");
     print_indented(&query_table(
         db,
@@ -187,8 +193,14 @@ fn main() {
         "create the extension, four tables and their serializers",
     );
     run(&mut db, SETUP_SQL);
-    let worker = cluster.wait_worker_pid();
-    println!("  sync worker running: pid {worker} (backend_type 'etlify sync worker')");
+    cluster.wait_worker_pid();
+    let workers = etlify_e2e::wait_for_default("both sync workers", || {
+        let pids = cluster.worker_pids();
+        (pids.len() == 2).then_some(pids)
+    });
+    println!(
+        "  sync workers running (etlify.workers = 2): pids {workers:?} (backend_type 'etlify sync worker')"
+    );
 
     step(
         &mut n,
