@@ -219,8 +219,8 @@ impl<H: Host> Engine<H> {
     }
 
     /// etlify.sync / etlify.delete of one key: the verdict for it. None (in a
-    /// worker only) when as many other workers as may are busy with its CRM: the
-    /// request is left to them.
+    /// worker only) when as many other workers as may are busy with its CRM, or
+    /// when another claimer is sending the key: the request waits for later.
     pub fn one(&mut self, mapping_id: i32, key: &str, intent: Intent) -> Option<Verdict> {
         let host = self.host;
         let work = host.step(|| store::work(None));
