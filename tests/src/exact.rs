@@ -50,11 +50,16 @@ pub fn users_differences(db: &mut Client, mock: &Mock) -> Vec<String> {
             diffs.push(format!("user {id}: contact {crm_id} is another row's too"));
         }
         let Some(contact) = contacts.get(crm_id) else {
-            diffs.push(format!("user {id}: contact {crm_id} is not live in the CRM"));
+            diffs.push(format!(
+                "user {id}: contact {crm_id} is not live in the CRM"
+            ));
             continue;
         };
         for (k, v) in payload.as_object().into_iter().flatten() {
-            let want = v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+            let want = v
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| v.to_string());
             let have = contact["properties"][k].as_str();
             // the mock lowercases emails, as HubSpot does
             let same = if k == "email" {
@@ -63,7 +68,9 @@ pub fn users_differences(db: &mut Client, mock: &Mock) -> Vec<String> {
                 have == Some(want.as_str())
             };
             if !same {
-                diffs.push(format!("user {id}: {k} is {have:?} in the CRM, {want:?} in the row"));
+                diffs.push(format!(
+                    "user {id}: {k} is {have:?} in the CRM, {want:?} in the row"
+                ));
             }
         }
     }
@@ -83,10 +90,15 @@ pub fn users_differences(db: &mut Client, mock: &Mock) -> Vec<String> {
         .get(0);
     if left > 0 {
         let claimed: i64 = db
-            .query_one("SELECT count(*) FROM etlify.queue WHERE claimed_by IS NOT NULL", &[])
+            .query_one(
+                "SELECT count(*) FROM etlify.queue WHERE claimed_by IS NOT NULL",
+                &[],
+            )
             .expect("claims")
             .get(0);
-        diffs.push(format!("{left} records still queued or unsettled, {claimed} claimed"));
+        diffs.push(format!(
+            "{left} records still queued or unsettled, {claimed} claimed"
+        ));
     }
     diffs
 }

@@ -69,7 +69,14 @@ fn state_of(db: &mut Client, crm: &str) -> String {
 /// fills a window first; the workers, started within it, wait for it to roll.
 #[test]
 fn two_workers_and_a_drain_share_one_rolling_window_learned_from_the_crm() {
-    let mock = Mock::start(&["--token", TOKEN, "--rate-limit", "12", "--rate-interval-ms", "2000"]);
+    let mock = Mock::start(&[
+        "--token",
+        TOKEN,
+        "--rate-limit",
+        "12",
+        "--rate-interval-ms",
+        "2000",
+    ]);
     let cluster = etlify_e2e::Cluster::start("etlify.workers = 2\netlify.enabled = off");
     let mut db = cluster.client();
     db.batch_execute("CREATE EXTENSION etlify").unwrap();
@@ -101,11 +108,19 @@ fn two_workers_and_a_drain_share_one_rolling_window_learned_from_the_crm() {
     let reqs = mock.crm_requests();
     assert_eq!(count_status(&reqs, 429), 0, "no 429: {reqs:?}");
     // the mock counts arrivals; no window of its interval held more than its max
-    assert!(densest(&reqs, 2_000_000) <= 12, "{}", densest(&reqs, 2_000_000));
+    assert!(
+        densest(&reqs, 2_000_000) <= 12,
+        "{}",
+        densest(&reqs, 2_000_000)
+    );
     let s = crm_status(&mut db, "hubspot");
     assert_eq!(s["state"].as_deref(), Some("ok"), "{s:?}");
     assert_eq!(s["rate_limit"].as_deref(), Some("12"), "learned: {s:?}");
-    assert_eq!(s["rate_period"].as_deref(), Some("00:00:02"), "learned: {s:?}");
+    assert_eq!(
+        s["rate_period"].as_deref(),
+        Some("00:00:02"),
+        "learned: {s:?}"
+    );
     assert_eq!(s["throttled_total"].as_deref(), Some("0"), "{s:?}");
 }
 
