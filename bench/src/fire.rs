@@ -36,8 +36,11 @@ pub const TIMEOUT_MS: u64 = 20_000;
 /// Leads pending on the hung CRM.
 pub const LEADS: i64 = 1_000;
 
-/// A registration limit that never binds (the speed-up part measures etlify alone).
-pub const UNBOUND: &str = ", rate_limit => 1000000, rate_period => '1 s'";
+/// The mock's arguments when the CRM's limit must not bind. Without `--rate-limit`
+/// the mock enforces nothing but its headers still say 190 per 10 s, and etlify
+/// learns and keeps that limit (it applies a configured and a learned limit both):
+/// so a limit that is enforced but never reached, which the headers report.
+pub const UNBOUND: [&str; 4] = ["--rate-limit", "1000000", "--rate-interval-ms", "1000"];
 
 const POLL: Duration = Duration::from_millis(20);
 
@@ -385,11 +388,9 @@ pub fn windows(reqs: &[Value], end_us: i64, period_us: i64) -> (Vec<u64>, usize)
 fn speedup(opts: &Opts) -> Speedup {
     let rows = opts.fire_rows;
     let mut cluster = Cluster::start("etlify.workers = 1\netlify.enabled = off");
-    let mock = mock(&[]);
+    let mock = mock(&UNBOUND);
     let mut db = schema(&cluster);
-    // The mock's headers say 190 per 10 s even when it enforces nothing, and etlify
-    // learns that limit when none is configured: configure one that never binds.
-    register_crm(&mut db, "hubspot", &mock, UNBOUND);
+    register_crm(&mut db, "hubspot", &mock, "");
     map_users(&mut db, "");
     insert_users(&mut db, 1..=rows);
     let limit = Duration::from_secs(120) + Duration::from_millis(2 * rows as u64);
@@ -471,15 +472,15 @@ fn insert_leads(db: &mut Client, from: i64, to: i64) {
 
 fn hung(opts: &Opts) -> Hung {
     let cluster = Cluster::start("etlify.workers = 2");
-    let healthy = mock(&[]);
-    let other = mock(&[]);
+    let healthy = mock(&UNBOUND);
+    let other = mock(&UNBOUND);
     let mut db = schema(&cluster);
     exec(&mut db, LEADS_SCHEMA);
-    // a limit that never binds: 2×200 paced INSERTs would fill the 190 per 10 s etlify
-    // learns from the mock's headers, and the latency would measure that window
-    register_crm(&mut db, "hubspot", &healthy, UNBOUND);
+    // UNBOUND: 2×200 paced INSERTs would fill the 190 per 10 s etlify learns from a
+    // mock without a limit, and the latency would measure that window
+    register_crm(&mut db, "hubspot", &healthy, "");
     db.execute(
-        "SELECT etlify.register_crm('hung', 'hubspot', config => jsonb_build_object('base_url', $1::text, 'timeout_ms', $2::int), secret => $3, rate_limit => 1000000, rate_period => '1 s')",
+        "SELECT etlify.register_crm('hung', 'hubspot', config => jsonb_build_object('base_url', $1::text, 'timeout_ms', $2::int), secret => $3)",
         &[&other.url(), &(TIMEOUT_MS as i32), &TOKEN],
     )
     .unwrap_or_else(|e| panic!("register_crm hung: {}", error_text(&e)));

@@ -96,10 +96,10 @@ fn run(opts: &Opts) -> bool {
                     fire::RATE_MAX, fire::RATE_MS, fire::UTIL_BATCH, fire::DRAIN_MAX, fire::DRAIN_PAUSE_MS,
                     opts.fire_secs, fire::RATE_MS / 1000, fire::RATE_MAX)),
                 ("1 vs 2 workers".into(), format!(
-                    "mock without rate limit (its headers still say 190 per 10 s, so the CRM is registered with rate_limit => 1000000, rate_period => '1 s': etlify would learn 190/10 s otherwise), batch size 100; {} records updated then drained (etlify.enabled off → on) {} times with each etlify.workers value, a restart between, order 1,2 2,1 …; ratio = median(2) ÷ median(1), range over adjacent pairs",
+                    "mock --rate-limit 1000000 --rate-interval-ms 1000 (never reached; without it the mock's headers say 190 per 10 s and etlify learns and keeps that limit), no rate_limit registered, batch size 100; {} records updated then drained (etlify.enabled off → on) {} times with each etlify.workers value, a restart between, order 1,2 2,1 …; ratio = median(2) ÷ median(1), range over adjacent pairs",
                     opts.fire_rows, opts.fire_rounds)),
                 ("hung CRM".into(), format!(
-                    "two mocks, etlify.workers = 2: users → hubspot (healthy), leads → hung (mock hang_ms {}, registration timeout_ms {}, {} leads pending), both registered with rate_limit => 1000000, rate_period => '1 s' (else the 190/10 s the mock's headers say would bind); {} paced single-row INSERTs into users timed commit → mock, first with the second CRM healthy (its backlog drained), then hung",
+                    "two mocks, etlify.workers = 2: users → hubspot (healthy), leads → hung (mock hang_ms {}, registration timeout_ms {}, {} leads pending), both mocks with --rate-limit 1000000 --rate-interval-ms 1000 (else the 190/10 s their headers say would bind), no rate_limit registered; {} paced single-row INSERTs into users timed commit → mock, first with the second CRM healthy (its backlog drained), then hung",
                     fire::HANG_MS, fire::TIMEOUT_MS, fire::LEADS, opts.latency_samples)),
             ],
         );
