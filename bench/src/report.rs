@@ -562,6 +562,9 @@ pub fn soak_details(s: &Soak) -> String {
         s.n409
     );
     out += &format!("  crm_status at the end: {}\n", s.status);
+    for e in s.excerpt429.iter().take(20) {
+        out += &format!("  {e}\n");
+    }
     if !s.exact() {
         out += &format!(
             "  !!! SOAK FAILED: the CRM does not hold exactly the rows ({} differences):\n",

@@ -44,6 +44,8 @@ pub struct Soak {
     /// 429s received within two rate windows after a kill (the postmaster's reset
     /// also resets etlify's shared budget).
     pub n429_after_kill: usize,
+    /// Each 429: its seq, and seconds since the kill before it.
+    pub excerpt429: Vec<String>,
     pub n409: usize,
     /// Seconds from the end of the writes (faults cleared) until the CRM held exactly
     /// the rows; None when it did not within [`CONVERGE_LIMIT`].
@@ -138,6 +140,22 @@ pub fn run(opts: &Opts) -> Soak {
         .filter_map(|r| r["received_at_us"].as_i64())
         .filter(|t| kill_us.iter().any(|k| *t >= *k && *t < *k + window_us))
         .count();
+    let excerpt429 = with(429)
+        .iter()
+        .map(|r| {
+            let t = r["received_at_us"].as_i64().unwrap_or(0);
+            let since = kill_us
+                .iter()
+                .filter(|k| **k <= t)
+                .max()
+                .map(|k| format!("{:.2} s after a kill", (t - k) as f64 / 1e6))
+                .unwrap_or_else(|| "before any kill".into());
+            format!(
+                "#{} {} {} -> 429, {since}",
+                r["seq"], r["method"], r["path"]
+            )
+        })
+        .collect();
     let soak = Soak {
         seed,
         secs,
@@ -150,6 +168,7 @@ pub fn run(opts: &Opts) -> Soak {
             .count(),
         n429: with(429).len(),
         n429_after_kill,
+        excerpt429,
         n409: with(409).len(),
         converge_secs,
         diffs,
