@@ -109,3 +109,57 @@ impl Header {
             .collect()
     }
 }
+
+/// `YYYY-MM-DD HH:MM:SS UTC` now, from date(1) (the parts without a server at hand).
+fn now_utc() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M:%S UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "?".into())
+}
+
+/// The header of the under-fire and soak parts: when, on what, then `extra`.
+pub fn part(
+    opts: &Opts,
+    load_at_start: &str,
+    extra: Vec<(String, String)>,
+) -> Vec<(String, String)> {
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mode = if opts.quick {
+        "quick (smoke run: shorter, not for comparison)"
+    } else {
+        "full"
+    };
+    let mut v = vec![
+        ("run".to_string(), format!("{}, {mode}", now_utc())),
+        (
+            "machine".to_string(),
+            format!(
+                "nproc={nproc}, {}, load average at start {load_at_start}",
+                cpu_model()
+            ),
+        ),
+        (
+            "postgres".to_string(),
+            "e2e harness clusters (etlify preloaded, 127.0.0.1; fsync=off, shared_buffers=32MB, etlify.naptime=200ms, etlify.retry_backoff=200ms), a fresh one per measurement".to_string(),
+        ),
+    ];
+    v.extend(extra);
+    v
+}
+
+pub fn lines_text(lines: &[(String, String)]) -> String {
+    lines
+        .iter()
+        .map(|(k, v)| format!("{k:<24} {v}\n"))
+        .collect()
+}
+
+pub fn lines_markdown(lines: &[(String, String)]) -> String {
+    lines
+        .iter()
+        .map(|(k, v)| format!("- **{k}**: {v}\n"))
+        .collect()
+}

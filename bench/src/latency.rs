@@ -6,7 +6,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use etlify_e2e::fixtures::error_text;
-use etlify_e2e::wait_for_every;
+use etlify_e2e::{wait_for_every, Mock};
+use postgres::Client;
 use serde_json::Value;
 
 use crate::env::Bench;
@@ -41,9 +42,16 @@ pub fn measure(b: &mut Bench, first_id: i64, samples: usize) -> Latency {
         "latency needs an idle worker: queue not empty"
     );
     interrupt::sleep(Duration::from_millis(300));
-    let mut seq = last_seq(&b.mock.requests_since(0)).unwrap_or(0);
-    let insert =
-        b.db.prepare(
+    paced(&mut b.db, &b.mock, first_id, samples)
+}
+
+/// `samples` paced single-row INSERTs into `users` (ids from `first_id`), each timed
+/// from its COMMIT to the `mock`'s receipt of the request that carried it. Only the
+/// requests `mock` receives count: another CRM's mock does not disturb it.
+pub fn paced(db: &mut Client, mock: &Mock, first_id: i64, samples: usize) -> Latency {
+    let mut seq = last_seq(&mock.requests_since(0)).unwrap_or(0);
+    let insert = db
+        .prepare(
             "INSERT INTO users (id, email, first_name, last_name) VALUES ($1, $2, 'Lat', 'Ency')",
         )
         .expect("prepare insert");
@@ -52,7 +60,7 @@ pub fn measure(b: &mut Bench, first_id: i64, samples: usize) -> Latency {
     for i in 0..samples as i64 {
         let id = first_id + i;
         let email = format!("latency{id}@example.com");
-        b.db.execute(&insert, &[&id, &email])
+        db.execute(&insert, &[&id, &email])
             .unwrap_or_else(|e| panic!("insert user {id}: {}", error_text(&e)));
         let committed = now_us();
         let what = format!("the request carrying user {id}");
@@ -62,8 +70,7 @@ pub fn measure(b: &mut Bench, first_id: i64, samples: usize) -> Latency {
             &what,
             || {
                 interrupt::check();
-                let r: Vec<Value> = b
-                    .mock
+                let r: Vec<Value> = mock
                     .requests_since(seq)
                     .into_iter()
                     .filter(|r| r["path"].as_str().unwrap_or("").starts_with("/crm/"))

@@ -1,14 +1,34 @@
-//! Command-line options. Hand-parsed: five flags do not justify a parser crate.
+//! Command-line options. Hand-parsed: a handful of flags do not justify a parser crate.
 
-pub const USAGE: &str = "usage: etlify-bench [--rows N] [--quick] [--stats]
-  --rows N   rows drained and updated in bulk (default 100000; 10000 with --quick);
-             sync_stale re-checks 1,000,000 unchanged rows (100,000 with --quick)
-  --quick    smoke run: 10k rows, fewer and shorter A/B rounds, fewer latency samples
-  --stats    also preload pg_stat_statements and print the drain's top statements
-             (adds overhead: compare figures only between runs with the same flags)";
+pub const USAGE: &str =
+    "usage: etlify-bench [--rows N] [--quick] [--stats] [--soak] [--soak-secs N]
+                    [--only main|fire|soak[,...]]
+  --rows N        rows drained and updated in bulk (default 100000; 10000 with --quick);
+                  sync_stale re-checks 1,000,000 unchanged rows (100,000 with --quick);
+                  also the backlog of the 1-vs-2-workers drains (20000 with --quick)
+  --quick         smoke run: 10k rows, fewer and shorter A/B rounds, fewer latency samples,
+                  shorter under-fire windows, a 45 s soak
+  --stats         also preload pg_stat_statements and print the drain's top statements
+                  (adds overhead: compare figures only between runs with the same flags)
+  --soak          also run the soak (writes, faults, a rate limit and SIGKILLs, then an
+                  exactness check) after the other parts: 180 s by default
+  --soak-secs N   the soak's writing time in seconds (implies --soak unless --only says)
+  --only PARTS    run only these parts: main (drain, overhead, latency, memory, groups),
+                  fire (rate-limit use, 1 vs 2 workers, latency beside a hung CRM), soak.
+                  Without it: main and fire (and soak with --soak).
+                  bench/results.md keeps one section per part: a run rewrites only its own";
+
+/// Which parts of the benchmark run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Parts {
+    pub main: bool,
+    pub fire: bool,
+    pub soak: bool,
+}
 
 #[derive(Debug, Clone)]
 pub struct Opts {
+    pub parts: Parts,
     pub rows: i64,
     pub quick: bool,
     pub stats: bool,
@@ -28,6 +48,31 @@ pub struct Opts {
     pub after_bulk_samples: usize,
     /// Unchanged rows sync_stale re-checks.
     pub stale_rows: i64,
+    /// Under fire: seconds each rate-limit variant is measured for.
+    pub fire_secs: u64,
+    /// Under fire: drains per worker count (1 and 2 workers).
+    pub fire_rounds: usize,
+    /// Under fire: the backlog drained with 1 and with 2 workers.
+    pub fire_rows: i64,
+    /// Soak: seconds of writing under faults and kills.
+    pub soak_secs: u64,
+}
+
+fn parse_parts(v: &str) -> Result<Parts, String> {
+    let mut p = Parts {
+        main: false,
+        fire: false,
+        soak: false,
+    };
+    for part in v.split(',').map(str::trim) {
+        match part {
+            "main" => p.main = true,
+            "fire" => p.fire = true,
+            "soak" => p.soak = true,
+            other => return Err(format!("--only: unknown part {other:?} (main, fire, soak)")),
+        }
+    }
+    Ok(p)
 }
 
 impl Opts {
@@ -35,6 +80,9 @@ impl Opts {
         let mut rows = None;
         let mut quick = false;
         let mut stats = false;
+        let mut only = None;
+        let mut soak = false;
+        let mut soak_secs = None;
         let mut args = args.peekable();
         while let Some(arg) = args.next() {
             let (flag, inline) = match arg.split_once('=') {
@@ -52,14 +100,42 @@ impl Opts {
                     }
                     rows = Some(n);
                 }
+                "--only" => {
+                    let v = inline
+                        .or_else(|| args.next())
+                        .ok_or("--only needs a value")?;
+                    only = Some(parse_parts(&v)?);
+                }
+                "--soak" => soak = true,
+                "--soak-secs" => {
+                    let v = inline
+                        .or_else(|| args.next())
+                        .ok_or("--soak-secs needs a value")?;
+                    let n: u64 = v.parse().map_err(|_| format!("bad --soak-secs: {v}"))?;
+                    if n < 10 {
+                        return Err(format!("--soak-secs must be at least 10, got {n}"));
+                    }
+                    soak_secs = Some(n);
+                    soak = true;
+                }
                 "--quick" => quick = true,
                 "--stats" => stats = true,
                 "--help" | "-h" => return Err(String::new()),
                 other => return Err(format!("unknown argument: {other}")),
             }
         }
+        let parts = only.unwrap_or(Parts {
+            main: true,
+            fire: true,
+            soak,
+        });
         Ok(if quick {
             Opts {
+                parts,
+                fire_secs: 12,
+                fire_rounds: 2,
+                fire_rows: rows.unwrap_or(20_000),
+                soak_secs: soak_secs.unwrap_or(45),
                 rows: rows.unwrap_or(10_000),
                 quick,
                 stats,
@@ -75,6 +151,11 @@ impl Opts {
             }
         } else {
             Opts {
+                parts,
+                fire_secs: 30,
+                fire_rounds: 3,
+                fire_rows: rows.unwrap_or(100_000),
+                soak_secs: soak_secs.unwrap_or(180),
                 rows: rows.unwrap_or(100_000),
                 quick,
                 stats,

@@ -3,11 +3,13 @@
 
 use crate::ceiling::Ceiling;
 use crate::drain::{Drain, Redrain};
+use crate::fire::{Fire, RATE_MAX, RATE_MS};
 use crate::groups::Groups;
 use crate::latency::Latency;
 use crate::opts::Opts;
 use crate::overhead::AB;
 use crate::rss::mb;
+use crate::soak::{self, Soak, CONVERGE_LIMIT, ERROR_RATE};
 use crate::stats::{max, median, percentile};
 use crate::table::{cost_ratio, thousands, Row, Target};
 
@@ -345,4 +347,235 @@ impl Figures<'_> {
         }
         out
     }
+}
+
+/// Rows of the under-fire part.
+pub fn fire_rows(f: &Fire) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for u in &f.util {
+        let r = u.ratios();
+        let (med, min) = if r.is_empty() {
+            (0.0, 0.0)
+        } else {
+            (median(&r), r.iter().copied().fold(f64::INFINITY, f64::min))
+        };
+        rows.push(Row::new(
+            format!("rate-limit use, {} (accepted / window)", u.variant),
+            format!(
+                "median {:.1}%, min {:.1}% ({} windows)",
+                med * 100.0,
+                min * 100.0,
+                r.len()
+            ),
+            format!(
+                "{RATE_MAX} per {:.0} s (the mock's limit)",
+                RATE_MS as f64 / 1000.0
+            ),
+            format!("{med:.2}× (min {min:.2}×)"),
+            (Target::AtLeast(0.95), "median ≥ 95%"),
+            med,
+        ));
+        rows.push(Row::new(
+            "↳ 429 answers",
+            u.n429.to_string(),
+            format!("{} requests", u.requests),
+            "—",
+            (Target::AtMost(0.0), "0"),
+            u.n429 as f64,
+        ));
+    }
+    let s = &f.speedup;
+    let (one, two) = (s.with(1), s.with(2));
+    let pairs = s.pair_ratios();
+    let ratio = median(&two) / median(&one);
+    rows.push(Row::new(
+        format!(
+            "drain, {} records, etlify.workers = 2",
+            thousands(s.rows as f64)
+        ),
+        per_s(median(&two)),
+        format!("{} (etlify.workers = 1)", per_s(median(&one))),
+        format!(
+            "{ratio:.2}× (pairs {:.2}–{:.2}×)",
+            pairs.iter().copied().fold(f64::INFINITY, f64::min),
+            max(&pairs)
+        ),
+        (Target::Info, "—"),
+        ratio,
+    ));
+    let (b, h) = (&f.hung.baseline.ms, &f.hung.hung.ms);
+    let (b50, h50, b99, h99) = (
+        percentile(b, 50.0),
+        percentile(h, 50.0),
+        percentile(b, 99.0),
+        percentile(h, 99.0),
+    );
+    rows.push(Row::new(
+        "commit-to-CRM p50, another CRM hung",
+        ms(h50),
+        format!("{} (other CRM healthy)", ms(b50)),
+        format!("{:.2}×", h50 / b50),
+        (Target::AtMost(50.0), "≤ 50 ms"),
+        h50,
+    ));
+    rows.push(Row::new(
+        "commit-to-CRM p99, another CRM hung",
+        ms(h99),
+        format!("{} (other CRM healthy)", ms(b99)),
+        format!("{:.2}×", h99 / b99),
+        (Target::AtMost(250.0), "≤ 250 ms"),
+        h99,
+    ));
+    rows
+}
+
+pub fn fire_details(f: &Fire) -> String {
+    let mut out = String::from("details:\n");
+    for u in &f.util {
+        out += &format!(
+            "  {}: {:.1} s, backlog {} records ({} left at the end), accepted per window: {}; densest sliding {} ms window: {} accepted; {} requests, {} 429s; the backend's drain(): {} calls, {} records, {} errors\n",
+            u.variant,
+            u.secs,
+            u.backlog,
+            u.left,
+            u.windows.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
+            RATE_MS,
+            u.densest,
+            u.requests,
+            u.n429,
+            u.drain_calls,
+            u.drain_records,
+            u.drain_errors
+        );
+        out += &format!("    crm_status at the end: {}\n", u.status);
+        if u.left == 0 {
+            out += "    WARNING: the backlog ran out before the end: utilisation is understated\n";
+        }
+        for e in &u.excerpt {
+            out += &format!("    {e}\n");
+        }
+    }
+    let s = &f.speedup;
+    out += &format!(
+        "  1 vs 2 workers, rec/s in run order: {}; CRM requests per drain: {}; the first drain (creates, 1 worker, not counted): {:.0} rec/s; 2÷1 per pair: {}\n",
+        s.order
+            .iter()
+            .zip(&s.rates)
+            .map(|(w, r)| format!("{w}w {r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        s.requests.iter().map(i64::to_string).collect::<Vec<_>>().join(", "),
+        s.warmup,
+        list(&s.pair_ratios(), "", 2)
+    );
+    let hg = &f.hung;
+    for (name, l) in [
+        ("other CRM healthy", &hg.baseline),
+        ("other CRM hung", &hg.hung),
+    ] {
+        out += &format!(
+            "  latency, {name}: {} samples, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} requests carried more than one record\n",
+            l.ms.len(),
+            percentile(&l.ms, 50.0),
+            percentile(&l.ms, 99.0),
+            max(&l.ms),
+            l.shared_requests
+        );
+    }
+    out += &format!(
+        "  hung CRM: requests hanging at its mock {} before and {} after the measurement; crm_status: {}\n",
+        hg.inflight_before, hg.inflight_after, hg.status
+    );
+    out
+}
+
+pub fn soak_rows(s: &Soak) -> Vec<Row> {
+    vec![
+        Row::new(
+            format!(
+                "soak, {:.0} s, {} SIGKILLs: the CRM holds exactly the rows",
+                s.secs,
+                s.kills.len()
+            ),
+            if s.exact() {
+                "exact".to_string()
+            } else {
+                format!("NOT EXACT: {} differences", s.diffs.len())
+            },
+            format!("{} rows, {} contacts", s.rows, s.contacts),
+            "—",
+            (Target::AtMost(0.0), "exact"),
+            s.diffs.len() as f64,
+        ),
+        Row::new(
+            "↳ time to converge after the writes stopped",
+            match s.converge_secs {
+                Some(t) => format!("{t:.1} s"),
+                None => format!("> {} s", CONVERGE_LIMIT.as_secs()),
+            },
+            "—",
+            "—",
+            (Target::Info, "—"),
+            0.0,
+        ),
+        Row::new(
+            "↳ writes, CRM requests",
+            format!(
+                "{} writes, {} requests",
+                thousands(s.writes as f64),
+                thousands(s.requests as f64)
+            ),
+            "—",
+            "—",
+            (Target::Info, "—"),
+            0.0,
+        ),
+        Row::new(
+            "↳ 5xx injected",
+            s.n5xx.to_string(),
+            format!("{:.0}% of requests asked", ERROR_RATE * 100.0),
+            format!("{:.1}%", 100.0 * s.n5xx as f64 / s.requests.max(1) as f64),
+            (Target::Info, "—"),
+            0.0,
+        ),
+        Row::new(
+            "↳ 429 answers",
+            s.n429.to_string(),
+            format!(
+                "{} within {} s after a kill",
+                s.n429_after_kill,
+                2 * soak::RATE_MS / 1000
+            ),
+            "—",
+            (Target::Info, "—"),
+            0.0,
+        ),
+    ]
+}
+
+pub fn soak_details(s: &Soak) -> String {
+    let mut out = String::from("details:\n");
+    out += &format!(
+        "  seed {}; kills at {} s; 409 conflicts: {}\n",
+        s.seed,
+        list(&s.kills, "", 0),
+        s.n409
+    );
+    out += &format!("  crm_status at the end: {}\n", s.status);
+    for e in s.excerpt429.iter().take(20) {
+        out += &format!("  {e}\n");
+    }
+    if !s.exact() {
+        out += &format!(
+            "  !!! SOAK FAILED: the CRM does not hold exactly the rows ({} differences):\n",
+            s.diffs.len()
+        );
+        for d in s.diffs.iter().take(50) {
+            out += &format!("  !!!   {d}\n");
+        }
+        if s.diffs.len() > 50 {
+            out += &format!("  !!!   … and {} more\n", s.diffs.len() - 50);
+        }
+    }
+    out
 }

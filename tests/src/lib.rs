@@ -11,6 +11,7 @@ pub mod exact;
 pub mod fixtures;
 pub mod mock;
 pub mod report;
+pub mod soak;
 pub mod wait;
 
 pub use cluster::Cluster;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use etlify_e2e::fixtures::{email, insert_users, map_users, statuses};
 use etlify_e2e::mock::id_of;
+use etlify_e2e::soak::{write_until, Lcg};
 use etlify_e2e::{wait_for_default, Env};
 use serde_json::{json, Value};
 
@@ -146,71 +147,6 @@ fn clean_restart_keeps_sync_state_and_pending_changes() {
     wait_all_synced(&mut env, 4);
     let reqs = env.mock.crm_requests();
     assert_eq!(reqs.len(), before + 1, "only user 4 was sent: {reqs:?}");
-}
-
-/// A small deterministic generator (no crate for it): the seed is printed, so that
-/// a failing run can be replayed.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) % n
-    }
-}
-
-/// Writes inserts, updates (names and emails) and deletes until `until`, through
-/// every crash: a statement the crash broke is simply not retried.
-fn write_until(conninfo: &str, seed: u64, until: std::time::Instant) -> u64 {
-    let mut rng = Lcg(seed);
-    let mut done = 0;
-    let mut next_id = 1000;
-    let mut db: Option<postgres::Client> = None;
-    while std::time::Instant::now() < until {
-        let c = match db.as_mut() {
-            Some(c) => c,
-            None => match postgres::Client::connect(conninfo, postgres::NoTls) {
-                Ok(c) => db.insert(c),
-                Err(_) => {
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                    continue;
-                }
-            },
-        };
-        let id = 1 + rng.below(300) as i64;
-        let sql = match rng.below(10) {
-            0..=4 => format!(
-                "UPDATE users SET first_name = 'n{}' WHERE id = {id}",
-                rng.below(1000)
-            ),
-            5 => format!(
-                "UPDATE users SET email = 'moved{id}.{}@example.com' WHERE id = {id}",
-                rng.below(1000)
-            ),
-            6 => format!("DELETE FROM users WHERE id = {id}"),
-            7 => format!(
-                "UPDATE users SET last_name = 'l{}' WHERE id BETWEEN {id} AND {}",
-                rng.below(1000),
-                id + 20
-            ),
-            _ => {
-                next_id += 1;
-                format!(
-                    "INSERT INTO users (id, email, first_name) VALUES ({next_id}, 'new{next_id}@example.com', 'x')"
-                )
-            }
-        };
-        match c.batch_execute(&sql) {
-            Ok(()) => done += 1,
-            Err(e) if c.is_closed() || e.as_db_error().is_none() => db = None,
-            Err(_) => {}
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    done
 }
 
 /// Item 6 of "under fire": two workers, a writer, 10% of requests answered 503 and
