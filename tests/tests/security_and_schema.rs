@@ -949,9 +949,11 @@ fn sync_is_interruptible_by_statement_timeout_and_cancel() {
     env.db
         .batch_execute("SET statement_timeout = '30s'")
         .unwrap();
-    assert_eq!(
-        scalar(&mut env.db, "etlify.sync('hubspot', 'users', '3')").as_deref(),
-        Some("synced")
+    // synced by this call, or by the other worker on the commit already
+    let v = scalar(&mut env.db, "etlify.sync('hubspot', 'users', '3')");
+    assert!(
+        matches!(v.as_deref(), Some("synced" | "not_modified")),
+        "{v:?}"
     );
     assert!(env.mock.find("contacts", "email", &email(3)).is_some());
     // the abandoned ones were still reconciled (or are now): nothing lost

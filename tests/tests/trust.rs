@@ -994,9 +994,11 @@ fn cancelled_sync_calls_never_use_up_the_request_slots() {
     exec(&mut c, "SET statement_timeout = '20s'");
     let started = std::time::Instant::now();
     insert_users(&mut env.db, [2]);
-    assert_eq!(
-        scalar(&mut c, "SELECT etlify.sync('hubspot', 'users', '2')").as_deref(),
-        Some("synced")
+    // the second worker may have sent it on the commit already
+    let v = scalar(&mut c, "SELECT etlify.sync('hubspot', 'users', '2')");
+    assert!(
+        matches!(v.as_deref(), Some("synced" | "not_modified")),
+        "{v:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(10));
 }
@@ -1487,9 +1489,11 @@ fn an_error_outside_a_mapping_round_keeps_the_worker_serving() {
         "UPDATE users SET first_name = 'Served' WHERE id = 1",
     );
     exec(&mut env.db, "SET statement_timeout = '10s'");
-    assert_eq!(
-        scalar(&mut env.db, "SELECT etlify.sync('hubspot', 'users', '1')").as_deref(),
-        Some("synced")
+    // synced by this call, or by the other worker on the commit already
+    let v = scalar(&mut env.db, "SELECT etlify.sync('hubspot', 'users', '1')");
+    assert!(
+        matches!(v.as_deref(), Some("synced" | "not_modified")),
+        "{v:?}"
     );
     exec(&mut env.db, "RESET statement_timeout");
     exec(&mut holder, "COMMIT");
