@@ -118,13 +118,16 @@ fn locked<R>(f: impl FnOnce(&mut Budgets) -> R) -> R {
     }
 }
 
+/// Where the CRM's slot is, if it has one.
+fn position(all: &Budgets, database: u32, crm: u64) -> Option<usize> {
+    all.slots
+        .iter()
+        .position(|s| s.used && s.database == database && s.crm == crm)
+}
+
 /// The CRM's slot, taken (from the least recently used) if it has none.
 fn slot<'a>(all: &'a mut Budgets, k: &CrmKey, now: i64) -> &'a mut Slot {
-    let found = all
-        .slots
-        .iter()
-        .position(|s| s.used && s.database == k.database && s.crm == k.crm);
-    let i = found.unwrap_or_else(|| {
+    let i = position(all, k.database, k.crm).unwrap_or_else(|| {
         let i = (0..SLOTS)
             .min_by_key(|&i| (all.slots[i].used, all.slots[i].last_used))
             .unwrap_or(0);
@@ -190,10 +193,7 @@ pub fn forget_rounds(index: usize) {
 pub fn status(database: u32, crm: &str, version: &str) -> Option<Status> {
     let now = now_us();
     let find = |all: &Budgets| {
-        let s = all
-            .slots
-            .iter()
-            .find(|s| s.used && s.database == database && s.crm == fnv(crm))?;
+        let s = &all.slots[position(all, database, fnv(crm))?];
         let mut st = s.budget.status(now);
         if s.version != fnv(version) {
             // registered again (or resumed) since: its pause is lifted
@@ -214,7 +214,7 @@ pub fn until(until: i64) -> Duration {
     Duration::from_micros(until.saturating_sub(now_us()).max(0) as u64)
 }
 
-pub fn pause_state(kind: PauseKind) -> &'static str {
+fn pause_state(kind: PauseKind) -> &'static str {
     match kind {
         PauseKind::Backoff | PauseKind::Misconfigured => "paused",
         PauseKind::Quota => "quota",

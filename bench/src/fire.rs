@@ -378,11 +378,7 @@ pub fn windows(reqs: &[Value], end_us: i64, period_us: i64) -> (Vec<u64>, usize)
             k += 1;
         }
     }
-    let densest = (0..at.len())
-        .map(|i| at[i..].partition_point(|&t| t < at[i] + period_us))
-        .max()
-        .unwrap_or(0);
-    (counts, densest)
+    (counts, etlify_e2e::mock::densest(&at, period_us))
 }
 
 fn speedup(opts: &Opts) -> Speedup {

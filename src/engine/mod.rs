@@ -508,25 +508,25 @@ fn hold(crm: &Crm, stop: &dyn Fn() -> bool) -> Option<(String, Duration)> {
     if stop() {
         return Some(("stopped before sending".into(), Duration::ZERO));
     }
-    let (check, reason) = budgets::with(&crm.key, |b, now| (b.check(now), b.status(now).reason));
     // the round's first request has its place in the window already
     let reserved = crm.reserved.get().is_some();
-    match check {
-        Err(Wait::Paused { until, .. }) if reason.is_empty() => {
-            Some(("the CRM asked to pause".into(), budgets::until(until)))
+    budgets::with(&crm.key, |b, now| match b.check(now) {
+        Err(Wait::Paused { until, .. }) => {
+            let why = match b.reason() {
+                "" => "the CRM asked to pause".to_owned(),
+                reason => format!("the CRM is paused: {reason}"),
+            };
+            Some((why, budgets::until(until)))
         }
-        Err(Wait::Paused { until, .. }) => Some((
-            format!("the CRM is paused: {reason}"),
-            budgets::until(until),
-        )),
+        // a short wait for the window is the request's own (the pacer waits it out)
         Err(Wait::Window { until }) if !reserved && budgets::until(until) > pacer::MAX_WAIT => {
             Some((
-                "waiting for the CRM's rate limit".into(),
+                "waiting for the CRM's rate limit".to_owned(),
                 budgets::until(until),
             ))
         }
         _ => None,
-    }
+    })
 }
 
 /// A request as `etlify._log` takes it.

@@ -275,6 +275,32 @@ impl Mock {
     }
 }
 
+/// How many requests of a request log ([`Mock::requests`]) were answered `status`.
+pub fn answered(reqs: &[Value], status: u64) -> usize {
+    reqs.iter()
+        .filter(|r| r["status"].as_u64() == Some(status))
+        .count()
+}
+
+/// The arrival times (`received_at_us`) of a request log's requests, sorted.
+pub fn arrivals(reqs: &[Value]) -> Vec<i64> {
+    let mut at: Vec<i64> = reqs
+        .iter()
+        .filter_map(|r| r["received_at_us"].as_i64())
+        .collect();
+    at.sort_unstable();
+    at
+}
+
+/// The most of the sorted arrival times `at` that any window of `period_us` holds:
+/// what a rolling rate limit of that period counts at its worst.
+pub fn densest(at: &[i64], period_us: i64) -> usize {
+    (0..at.len())
+        .map(|i| at[i..].partition_point(|&t| t < at[i] + period_us))
+        .max()
+        .unwrap_or(0)
+}
+
 /// An object's `id` as text (the mock may send it as a string or a number).
 pub fn id_of(o: &Value) -> Option<String> {
     match &o["id"] {

@@ -7,14 +7,9 @@ use std::collections::BTreeSet;
 use etlify_e2e::fixtures::{
     email, insert_users, map_users, overview, register_crm, scalar, user_status, wait_users_state,
 };
+use etlify_e2e::mock::answered;
 use etlify_e2e::{wait_for_default, Env};
-use serde_json::{json, Value};
-
-fn statuses_of(reqs: &[Value], status: u64) -> usize {
-    reqs.iter()
-        .filter(|r| r["status"].as_u64() == Some(status))
-        .count()
-}
+use serde_json::json;
 
 #[test]
 fn bad_row_does_not_block_the_batch_is_parked_and_reset_errors_revives_it() {
@@ -58,7 +53,7 @@ fn bad_row_does_not_block_the_batch_is_parked_and_reset_errors_revives_it() {
     );
     // one attempt per error: three requests answered 207
     let reqs = env.mock.crm_requests();
-    assert_eq!(statuses_of(&reqs, 207), 3, "{reqs:?}");
+    assert_eq!(answered(&reqs, 207), 3, "{reqs:?}");
     let o = overview(&mut env.db, "hubspot", "users");
     assert_eq!(
         (o["synced"].clone(), o["parked"].clone()),
@@ -197,7 +192,7 @@ fn a_429_with_retry_after_0_still_pauses_and_backs_off() {
     let s = wait_users_state(&mut env.db, &[1], "synced");
     assert_eq!(s["1"].error_count, 0, "a 429 is not the record's fault");
     let reqs = env.mock.crm_requests();
-    assert_eq!(statuses_of(&reqs, 429), 2, "{reqs:?}");
+    assert_eq!(answered(&reqs, 429), 2, "{reqs:?}");
     assert_eq!(reqs.len(), 3, "two 429s, then the upsert: {reqs:?}");
     let gap_ms = |i: usize| {
         (reqs[i + 1]["received_at_us"].as_i64().unwrap()
@@ -253,7 +248,7 @@ fn rate_limit_spreads_requests() {
 
     let reqs = env.mock.crm_requests();
     assert_eq!(
-        statuses_of(&reqs, 429),
+        answered(&reqs, 429),
         0,
         "never rate-limited by the CRM: {reqs:?}"
     );

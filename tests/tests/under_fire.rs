@@ -9,28 +9,10 @@ use etlify_e2e::fixtures::{
     email, insert_users, map_users, register_crm, scalar, statuses, user_status, wait_users_state,
     TOKEN, USERS,
 };
+use etlify_e2e::mock::{answered, arrivals, densest};
 use etlify_e2e::{wait_for, wait_for_default, Env, Mock};
 use postgres::Client;
-use serde_json::{json, Value};
-
-fn count_status(reqs: &[Value], status: u64) -> usize {
-    reqs.iter()
-        .filter(|r| r["status"].as_u64() == Some(status))
-        .count()
-}
-
-/// The most requests the mock received in any window of `period_us`.
-fn densest(reqs: &[Value], period_us: u64) -> usize {
-    let mut at: Vec<u64> = reqs
-        .iter()
-        .filter_map(|r| r["received_at_us"].as_u64())
-        .collect();
-    at.sort_unstable();
-    (0..at.len())
-        .map(|i| at[i..].partition_point(|&t| t < at[i] + period_us))
-        .max()
-        .unwrap_or(0)
-}
+use serde_json::json;
 
 fn crm_status(db: &mut Client, crm: &str) -> BTreeMap<String, Option<String>> {
     let row = db
@@ -106,13 +88,10 @@ fn two_workers_and_a_drain_share_one_rolling_window_learned_from_the_crm() {
     });
     assert_eq!(mock.objects("contacts").len(), 300);
     let reqs = mock.crm_requests();
-    assert_eq!(count_status(&reqs, 429), 0, "no 429: {reqs:?}");
+    assert_eq!(answered(&reqs, 429), 0, "no 429: {reqs:?}");
     // the mock counts arrivals; no window of its interval held more than its max
-    assert!(
-        densest(&reqs, 2_000_000) <= 12,
-        "{}",
-        densest(&reqs, 2_000_000)
-    );
+    let densest = densest(&arrivals(&reqs), 2_000_000);
+    assert!(densest <= 12, "{densest}");
     let s = crm_status(&mut db, "hubspot");
     assert_eq!(s["state"].as_deref(), Some("ok"), "{s:?}");
     assert_eq!(s["rate_limit"].as_deref(), Some("12"), "learned: {s:?}");
@@ -189,7 +168,7 @@ fn emails_equal_ignoring_case_in_one_batch_do_not_poison_it() {
     assert_eq!(st["51"].crm_id, st["7"].crm_id, "one contact for both rows");
     assert_eq!(env.mock.objects("contacts").len(), 50);
     assert!(st.values().all(|s| s.error_count == 0), "{st:?}");
-    assert_eq!(count_status(&env.mock.crm_requests(), 400), 0);
+    assert_eq!(answered(&env.mock.crm_requests(), 400), 0);
 }
 
 /// Item 3: a wrong base_url (every request 404) or a refused token pauses the CRM with

@@ -351,6 +351,12 @@ impl Budget {
         x
     }
 
+    /// Why the last pause was taken (empty when none was, or it was lifted).
+    pub fn reason(&self) -> &str {
+        // cut at a character boundary when stored
+        std::str::from_utf8(&self.reason[..self.reason_len]).unwrap_or_default()
+    }
+
     /// The limit in force: the configured one, else the CRM's own.
     fn limit(&self) -> Option<Limit> {
         self.configured.or(self.learned)
@@ -361,7 +367,7 @@ impl Budget {
         let period = limit.map_or(10_000_000, |l| l.period_us);
         Status {
             paused: (self.pause_until > now).then_some((self.pause_kind, self.pause_until)),
-            reason: String::from_utf8_lossy(&self.reason[..self.reason_len]).into_owned(),
+            reason: self.reason().to_owned(),
             limit,
             learned: self.learned_said,
             requests_last_period: self.log.count_since(now - period) as u64,
