@@ -10,6 +10,7 @@
 //! `set_config('role', 'none', true)` its way back.
 
 use pgrx::pg_sys;
+use pgrx::pg_sys::errcodes::PgSqlErrorCode;
 use pgrx::PgTryBuilder;
 use std::cell::Cell;
 use std::ffi::{CStr, CString};
@@ -103,6 +104,35 @@ fn apply(settings: &[(&CStr, &str)]) {
 /// ERROR it raised (the subtransaction is rolled back, the caller's goes on). This
 /// is what a PL/pgSQL `BEGIN … EXCEPTION` block does.
 pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    subtransaction(f, |_| false)
+}
+
+/// [`in_subtransaction`] for a mapping's own code (serializers, references): its
+/// errors are its records', except a conflict with another transaction (a
+/// deadlock, a serialization failure), which is no record's fault. That one is
+/// raised again, after the subtransaction is rolled back: it costs the round,
+/// whose records are claimed again later with nothing counted against them. (A
+/// deadlock settled inside the subtransaction alone would leave the locks the
+/// round took before it held, and the same deadlock would come back.)
+pub fn in_subtransaction_for_records<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    subtransaction(f, |e| {
+        let code = match e {
+            pg_sys::panic::CaughtError::PostgresError(r)
+            | pg_sys::panic::CaughtError::ErrorReport(r) => r.sql_error_code(),
+            pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport.sql_error_code(),
+        };
+        matches!(
+            code,
+            PgSqlErrorCode::ERRCODE_T_R_DEADLOCK_DETECTED
+                | PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE
+        )
+    })
+}
+
+fn subtransaction<R>(
+    f: impl FnOnce() -> R,
+    raise_again: fn(&pg_sys::panic::CaughtError) -> bool,
+) -> Result<R, String> {
     // SAFETY: the standard internal-subtransaction dance (see pl_exec.c): begin,
     // then release or roll back, restoring memory context and resource owner.
     unsafe {
@@ -122,6 +152,9 @@ pub fn in_subtransaction<R>(f: impl FnOnce() -> R) -> Result<R, String> {
             pg_sys::RollbackAndReleaseCurrentSubTransaction();
             pg_sys::MemoryContextSwitchTo(context);
             pg_sys::CurrentResourceOwner = owner;
+            if raise_again(&e) {
+                e.rethrow()
+            }
             Err(message(&e))
         })
         .execute()

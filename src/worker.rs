@@ -199,9 +199,16 @@ pub extern "C-unwind" fn etlify_worker_main(arg: pg_sys::Datum) {
     // Everything the worker runs itself is qualified; pinning the session's path
     // as well leaves nothing that objects planted in other schemas could capture.
     // (Serializers get their mapping's own path, see restricted.rs.)
+    // A deadlock between the worker and a user's statement (DROP TABLE of a table
+    // whose foreign key locks the source the worker reads) is settled by whichever
+    // waiter checks first: the worker checks after 50 ms, long before a session's
+    // default second, so the round is given up and the user's statement goes on.
     transaction(|| {
-        Spi::run("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)")
-            .unwrap_or_else(|e| pgrx::error!("etlify: cannot set the worker's search_path: {e}"))
+        Spi::run(
+            "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false), \
+                    pg_catalog.set_config('deadlock_timeout', '50ms', false)",
+        )
+        .unwrap_or_else(|e| pgrx::error!("etlify: cannot set the worker's session: {e}"))
     });
     wake::register_worker(index);
     budgets::forget_rounds(index);

@@ -272,7 +272,7 @@ fn fetch(
     let max = crate::gucs::max_payload_bytes();
     let timeout = crate::gucs::serializer_timeout_ms();
     let run = |keys: Vec<String>| {
-        restricted::in_subtransaction(|| {
+        restricted::in_subtransaction_for_records(|| {
             restricted::bounded(timeout, || fetch_rows(&sql, keys, max))
         })
     };
@@ -397,7 +397,7 @@ fn load_refs(
     timeout: i32,
 ) -> Vec<Option<Vec<Option<String>>>> {
     // spelled as keys are, whatever the session's DateStyle or TimeZone
-    let loaded = restricted::in_subtransaction(|| {
+    let loaded = restricted::in_subtransaction_for_records(|| {
         restricted::with_settings(&crate::keys::CANONICAL, || {
             restricted::bounded(timeout, || {
                 Spi::connect(|client| {

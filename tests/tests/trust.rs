@@ -1611,3 +1611,48 @@ fn a_commit_during_the_claim_is_loaded_as_committed() {
         |o| prop(o, "lastname") == Some("x"),
     );
 }
+
+/// A user's DDL that meets the worker in a deadlock is never the one aborted: the
+/// worker checks for deadlocks first (a short deadlock_timeout), gives its round
+/// up and sends the record again after the DDL. Here DROP TABLE staff locks staff,
+/// then firms (its foreign key's trigger), while the worker serializes a firm and
+/// then reads staff.
+#[test]
+fn ddl_that_deadlocks_with_the_worker_goes_through() {
+    let mut env = Env::start("", "");
+    exec(
+        &mut env.db,
+        r#"
+        CREATE TABLE firms (id int PRIMARY KEY, email text NOT NULL);
+        CREATE TABLE staff (id int PRIMARY KEY, firm int REFERENCES firms);
+        CREATE FUNCTION firm_p(r firms) RETURNS jsonb LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_sleep(0.6);
+            RETURN jsonb_build_object('email', r.email, 'lastname',
+                (SELECT count(*) FROM staff s WHERE s.firm = r.id)::text);
+        END $$;
+        SELECT etlify.sync_table('hubspot', 'firms', 'contacts', 'email', 'firm_p');
+        INSERT INTO firms VALUES (1, 'f1@x.test');
+        "#,
+    );
+    wait_for_default("the worker serializing firm 1", || {
+        (count(
+            &mut env.db,
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE backend_type = 'etlify sync worker' AND wait_event = 'PgSleep'",
+        ) > 0)
+            .then_some(())
+    });
+    env.db
+        .batch_execute("DROP TABLE staff")
+        .unwrap_or_else(|e| panic!("DROP TABLE staff: {}", error_text(&e)));
+    // the serializer now fails on the missing table: that is the record's error,
+    // and the worker goes on serving
+    let s = wait_for_default("firm 1 failed on the dropped table", || {
+        status_of(&mut env.db, "hubspot", "firms", "1").filter(|s| s.error_count > 0)
+    });
+    assert!(
+        s.last_error.as_deref().unwrap_or("").contains("staff"),
+        "{s:?}"
+    );
+}
