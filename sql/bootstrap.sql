@@ -142,7 +142,12 @@ CREATE TABLE etlify.changes (
     truncated  boolean NOT NULL DEFAULT false,
     -- statements whose order matters (moves, truncates) are numbered from
     -- etlify.change_seq; NULL for plain changes, which commute
-    seq        bigint
+    seq        bigint,
+    -- the table whose trigger wrote the row (NULL: etlify itself). Members of
+    -- etlify_admin may run etlify._capture in triggers of their own, with any
+    -- mapping's id: moves are applied only when they come from the mapping's
+    -- source (etlify._absorb). A name, not a number, in a dump.
+    rel        regclass
 );
 -- Publications FOR ALL TABLES include this table: without a replica identity,
 -- the drain could not delete absorbed rows.

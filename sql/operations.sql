@@ -114,6 +114,18 @@ BEGIN
                     CONTINUE;
                 END IF;
               BEGIN
+                -- (pg_partition_tree lists nothing for a table that is not partitioned)
+                IF r.moves IS NOT NULL AND NOT EXISTS (
+                       SELECT 1 FROM etlify.mappings m
+                        WHERE m.id = r.mapping_id
+                          AND (m.source = r.rel
+                               OR r.rel IN (SELECT t.relid FROM pg_partition_tree(m.source) t))) THEN
+                    -- a trigger on another table, that passed this mapping's id:
+                    -- its keys are re-checked like any, its moves are not applied
+                    RAISE WARNING 'etlify: key moves of mapping % reported by a trigger on %, not on its source, were ignored',
+                        r.mapping_id, coalesce(r.rel::text, 'an unknown table');
+                    r.moves := NULL;
+                END IF;
                 IF r.moves IS NOT NULL THEN
                     v_old := ARRAY(SELECT r.moves[i] FROM generate_series(1, cardinality(r.moves) - 1, 2) AS i);
                     v_new := ARRAY(SELECT r.moves[i + 1] FROM generate_series(1, cardinality(r.moves) - 1, 2) AS i);

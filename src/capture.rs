@@ -79,7 +79,8 @@ fn capture(trigger: &PgTrigger<'_>) -> Result<(), CaptureError> {
         }
     };
     let td = trigger.trigger_data();
-    let mut sink = Sink::new(mapping_id);
+    // SAFETY: a trigger's relation is valid for the duration of the call.
+    let mut sink = Sink::new(mapping_id, unsafe { (*td.tg_relation).rd_id });
 
     if trigger.event().fired_by_truncate() {
         // every record the CRM may hold becomes a delete (etlify._absorb)
@@ -147,6 +148,9 @@ fn capture(trigger: &PgTrigger<'_>) -> Result<(), CaptureError> {
 /// FLUSH_KEYS keys.
 pub(crate) struct Sink {
     mapping_id: i32,
+    /// The table whose trigger fired (etlify._absorb checks it against the
+    /// mapping's source before applying moves).
+    rel: pg_sys::Oid,
     keys: Vec<String>,
     /// Primary-key moves as pairs: old, new, old, new, …
     moves: Vec<String>,
@@ -156,9 +160,10 @@ pub(crate) struct Sink {
 }
 
 impl Sink {
-    pub(crate) fn new(mapping_id: i32) -> Sink {
+    pub(crate) fn new(mapping_id: i32, rel: pg_sys::Oid) -> Sink {
         Sink {
             mapping_id,
+            rel,
             keys: Vec::new(),
             moves: Vec::new(),
             truncated: false,
@@ -196,7 +201,7 @@ impl Sink {
         }
         let keys = std::mem::take(&mut self.keys);
         let moves = (!self.moves.is_empty()).then(|| std::mem::take(&mut self.moves));
-        append(self.mapping_id, keys, moves, self.truncated)?;
+        append(self.mapping_id, self.rel, keys, moves, self.truncated)?;
         self.truncated = false;
         self.wrote = true;
         Ok(())
@@ -211,6 +216,7 @@ impl Sink {
 /// owner. Moves and truncates are numbered (etlify.change_seq): their order matters.
 fn append(
     mapping_id: i32,
+    rel_id: pg_sys::Oid,
     keys: Vec<String>,
     moves: Option<Vec<String>>,
     truncated: bool,
@@ -233,14 +239,15 @@ fn append(
         let att = |i: usize| attribute((*rel).rd_att, i).atttypid;
         let plain = !form.relhasindex
             && !form.relhastriggers
-            && (*(*rel).rd_att).natts == 6
-            && (0..6).map(att).eq([
+            && (*(*rel).rd_att).natts == 7
+            && (0..7).map(att).eq([
                 pg_sys::INT4OID,
                 pg_sys::TEXTARRAYOID,
                 pg_sys::TIMESTAMPTZOID,
                 pg_sys::TEXTARRAYOID,
                 pg_sys::BOOLOID,
                 pg_sys::INT8OID,
+                pg_sys::REGCLASSOID,
             ]);
         if plain {
             let mut values = [
@@ -253,8 +260,17 @@ fn append(
                     .unwrap_or(pg_sys::Datum::from(0)),
                 pg_sys::Datum::from(truncated),
                 pg_sys::Datum::from(seq.unwrap_or(0)),
+                pg_sys::Datum::from(rel_id),
             ];
-            let mut nulls = [false, false, false, moves.is_none(), false, seq.is_none()];
+            let mut nulls = [
+                false,
+                false,
+                false,
+                moves.is_none(),
+                false,
+                seq.is_none(),
+                false,
+            ];
             let tuple =
                 pg_sys::heap_form_tuple((*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
             pg_sys::simple_heap_insert(rel, tuple);
@@ -264,7 +280,7 @@ fn append(
         }
         pg_sys::table_close(rel, lock);
         crate::restricted::as_owner(owner, || {
-            append_spi(mapping_id, keys, moves, truncated, seq)
+            append_spi(mapping_id, rel_id, keys, moves, truncated, seq)
         })
     }
 }
@@ -280,6 +296,7 @@ unsafe fn next_change_seq(schema: pg_sys::Oid) -> i64 {
 /// of etlify.changes, see append).
 fn append_spi(
     mapping_id: i32,
+    rel: pg_sys::Oid,
     keys: Vec<String>,
     moves: Option<Vec<String>>,
     truncated: bool,
@@ -296,14 +313,15 @@ fn append_spi(
             if slot.is_none() {
                 let stmt = client
                     .prepare_mut(
-                        "INSERT INTO etlify.changes (mapping_id, keys, moves, truncated, seq) \
-                         VALUES ($1, $2, $3, $4, $5)",
+                        "INSERT INTO etlify.changes (mapping_id, keys, moves, truncated, seq, rel) \
+                         VALUES ($1, $2, $3, $4, $5, $6::oid::regclass)",
                         &[
                             PgBuiltInOids::INT4OID.into(),
                             PgBuiltInOids::TEXTARRAYOID.into(),
                             PgBuiltInOids::TEXTARRAYOID.into(),
                             PgBuiltInOids::BOOLOID.into(),
                             PgBuiltInOids::INT8OID.into(),
+                            PgBuiltInOids::OIDOID.into(),
                         ],
                     )
                     .map_err(err)?;
@@ -320,6 +338,7 @@ fn append_spi(
                         moves.into(),
                         truncated.into(),
                         seq.into(),
+                        rel.into(),
                     ],
                 )
                 .map(drop)

@@ -71,7 +71,10 @@ fn capture(trigger: &PgTrigger<'_>) -> Result<(), Error> {
         .parse()
         .map_err(|_| bad(format!("has a bad position {position:?}")))?;
     let event = trigger.event();
-    let mut sink = Sink::new(mapping_id);
+    // SAFETY: a trigger's relation is valid for the duration of the call.
+    let mut sink = Sink::new(mapping_id, unsafe {
+        (*trigger.trigger_data().tg_relation).rd_id
+    });
     if event.fired_by_truncate() {
         // which records had members is gone with the rows: re-check them all
         sink.truncated = true;

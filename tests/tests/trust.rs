@@ -1656,3 +1656,70 @@ fn ddl_that_deadlocks_with_the_worker_goes_through() {
         "{s:?}"
     );
 }
+
+/// B10: a member may run etlify._capture in a trigger of its own (CREATE TRIGGER
+/// needs EXECUTE, and a member restores its tables' capture triggers from a dump),
+/// and may give it another mapping's id. Keys it marks dirty cost a re-check of
+/// that mapping's rows, no more; the key moves it reports are another matter: they
+/// hand CRM objects from one key to another. Moves are applied only when they come
+/// from the mapping's own source table (or one of its partitions).
+#[test]
+fn a_member_trigger_cannot_move_another_mapping_objects() {
+    let mut env = Env::start("", "");
+    map_users(&mut env.db, "");
+    insert_users(&mut env.db, [1]);
+    wait_users_state(&mut env.db, &[1], "synced");
+    let before = status_of(&mut env.db, "hubspot", "users", "1")
+        .and_then(|s| s.crm_id)
+        .expect("user 1 has a CRM id");
+    let victim = count(
+        &mut env.db,
+        "SELECT id FROM etlify.mappings WHERE source = 'users'::regclass",
+    );
+    exec(
+        &mut env.db,
+        "CREATE ROLE mallory LOGIN NOSUPERUSER; GRANT etlify_admin TO mallory; \
+         GRANT CREATE ON SCHEMA public TO mallory",
+    );
+    let mut m = env.cluster.connect_as("mallory");
+    exec(
+        &mut m,
+        &format!(
+            "CREATE TABLE mine (id bigint PRIMARY KEY); INSERT INTO mine VALUES (1);
+             CREATE TRIGGER rogue AFTER UPDATE ON mine REFERENCING OLD TABLE AS o NEW TABLE AS n
+                FOR EACH STATEMENT EXECUTE FUNCTION etlify._capture('{victim}', 'id');
+             UPDATE mine SET id = 2;"
+        ),
+    );
+    wait_for_default("the rogue change absorbed and drained", || {
+        (count(
+            &mut env.db,
+            "SELECT (SELECT count(*) FROM etlify.changes)
+                  + (SELECT count(*) FROM etlify.queue WHERE claimed_by IS NULL)",
+        ) == 0)
+            .then_some(())
+    });
+    // a round more, for whatever the drain would send
+    exec(&mut env.db, "SELECT etlify.drain()");
+    let s = status_of(&mut env.db, "hubspot", "users", "1").expect("user 1's record");
+    assert_eq!(s.state, "synced", "{s:?}");
+    assert_eq!(s.crm_id.as_deref(), Some(before.as_str()), "{s:?}");
+    assert!(
+        env.mock.archived("contacts").is_empty(),
+        "archived: {:?}",
+        env.mock.archived("contacts")
+    );
+    assert!(
+        env.mock.by_id("contacts", &before).is_some(),
+        "user 1's contact is live"
+    );
+    assert_eq!(
+        scalar(
+            &mut env.db,
+            "SELECT count(*) FROM etlify.records WHERE key = '2'"
+        )
+        .as_deref(),
+        Some("0"),
+        "no record for a key the source never had"
+    );
+}
