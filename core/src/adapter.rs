@@ -24,6 +24,14 @@ pub struct Delete {
     pub crm_id: String,
 }
 
+/// A record whose earlier upsert by id_property was never answered: the CRM may hold
+/// an object whose id_property is `id_value`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Find {
+    pub key: String,
+    pub id_value: String,
+}
+
 /// An association between two CRM objects (HubSpot v4 associations).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Link {
@@ -109,6 +117,24 @@ pub trait CrmAdapter {
     /// The caller passes at most max_batch_size() items; the adapter may make more than one request (e.g. one update + one upsert).
     fn upsert(&mut self, object_type: &str, id_property: &str, items: &[Upsert]) -> Report;
     fn delete(&mut self, object_type: &str, items: &[Delete]) -> Report;
+    /// Looks objects up by their id_property value; an outcome per item, in input order:
+    /// `Synced { crm_id }` when a live (not archived) object has that value, `Deleted` when
+    /// none has, `Retry`/`Failed`/… on errors, exactly as for the other calls (pauses,
+    /// misconfiguration, request log).
+    ///
+    /// The default answers `Deleted` for every item, without a request: an adapter that
+    /// cannot look objects up must be one whose upserts leave nothing behind to find
+    /// (the null adapter keeps nothing), so a lost answer cost nothing.
+    fn find(&mut self, object_type: &str, id_property: &str, items: &[Find]) -> Report {
+        let _ = (object_type, id_property);
+        Report {
+            outcomes: items
+                .iter()
+                .map(|f| (f.key.clone(), Outcome::Deleted))
+                .collect(),
+            ..Report::default()
+        }
+    }
     /// Creates the associations `from_type` → `to_type` of `links`; an outcome per
     /// link: `Synced { crm_id: to_id }` when it exists now (created, or there already).
     fn associate(&mut self, from_type: &str, to_type: &str, links: &[Link]) -> Report {
@@ -243,6 +269,12 @@ impl ReportBuilder {
 
     pub(crate) fn set(&mut self, index: usize, outcome: Outcome) {
         self.outcomes[index] = Some(outcome);
+    }
+
+    /// Input `index` gets the outcome already set for input `other` (the two name the
+    /// same object, and only one of them was sent).
+    pub(crate) fn same_as(&mut self, index: usize, other: usize) {
+        self.outcomes[index] = self.outcomes[other].clone();
     }
 
     /// The inputs at `indices` were not applied, through no fault of theirs.

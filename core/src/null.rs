@@ -116,5 +116,13 @@ mod tests {
         );
         assert_eq!(r.outcomes, vec![("42".into(), Outcome::Deleted)]);
         assert!(r.requests.is_empty());
+        // It keeps nothing, so a lost answer left nothing behind: the trait's default.
+        let find = crate::adapter::Find {
+            key: "42".into(),
+            id_value: "a@b.c".into(),
+        };
+        let r = a.find("contacts", "email", &[find]);
+        assert_eq!(r.outcomes, vec![("42".into(), Outcome::Deleted)]);
+        assert!(r.requests.is_empty());
     }
 }

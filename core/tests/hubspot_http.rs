@@ -5,7 +5,7 @@
 //! links objects that exist, which canned answers cannot check.
 
 use etlify_core::adapter::{
-    build, CrmAdapter, CrmSettings, Delete, Label, Link, Outcome, Report, Upsert,
+    build, CrmAdapter, CrmSettings, Delete, Find, Label, Link, Outcome, Report, Upsert,
 };
 use etlify_core::bisect::bisect;
 use etlify_core::http::{Pacer, RateLimitHeaders, Unpaced};
@@ -300,6 +300,58 @@ fn upsert_sends_bearer_json_and_reuses_the_connection() {
     );
     // Keep-alive: both requests on the first connection.
     assert_eq!((seen[0].connection, seen[1].connection), (0, 0));
+}
+
+fn find(key: &str, email: &str) -> Find {
+    Find {
+        key: key.into(),
+        id_value: email.into(),
+    }
+}
+
+#[test]
+fn find_reads_each_value_once_and_shares_its_answer() {
+    let server = Server::start(vec![answer(
+        207,
+        json!({"status": "COMPLETE",
+            "results": [{"id": "101", "properties": {"email": "ann@x.io", "hs_object_id": "101"}, "archived": false}],
+            "numErrors": 1,
+            "errors": [{"status": "error", "category": "OBJECT_NOT_FOUND",
+                "message": "Could not get some CONTACT objects, they may be deleted or not exist. Check that ids are valid.",
+                "context": {"ids": ["bob@x.io"]}}]}),
+    )]);
+    let mut adapter = hubspot(&server.base_url(), json!({}), Box::new(Unpaced));
+    let items = [
+        find("1", "Ann@x.io"),
+        find("2", "bob@x.io"),
+        find("3", "ann@X.io "),
+        find("4", " "),
+    ];
+    let report = adapter.find("contacts", "email", &items);
+    let ann = Outcome::Synced {
+        crm_id: "101".into(),
+    };
+    assert_eq!(
+        report.outcomes,
+        vec![
+            ("1".into(), ann.clone()),
+            ("2".into(), Outcome::Deleted),
+            ("3".into(), ann),
+            // Never sent: upsert sends no blank value, so it created nothing.
+            ("4".into(), Outcome::Deleted),
+        ]
+    );
+    assert_eq!(report.pause, None);
+    assert_eq!(log(&report), [("batch/read", 2, Some(207))]);
+    assert_eq!(report.requests[0].error, None);
+    let seen = server.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, "POST");
+    assert_eq!(seen[0].path, "/crm/v3/objects/contacts/batch/read");
+    assert_eq!(
+        seen[0].body,
+        json!({"idProperty": "email", "properties": ["email"], "inputs": [{"id": "Ann@x.io"}, {"id": "bob@x.io"}]})
+    );
 }
 
 #[test]
@@ -1054,4 +1106,128 @@ fn records_naming_one_object_twice_wait_for_a_later_batch() {
     );
     assert_eq!(log(&report), [("batch/update", 1, Some(200))]);
     assert_eq!(contacts(&mock), ["ann@x.io", "bob@x.io"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Finding the objects of upserts whose answer was lost, against the full mock CRM.
+
+#[test]
+fn find_tells_live_objects_from_archived_and_unknown_ones() {
+    let mock = Mock::start();
+    let mut adapter = mock.adapter();
+    let report = adapter.upsert(
+        "contacts",
+        "email",
+        &[upsert("1", None, "Ann@x.io"), upsert("2", None, "bob@x.io")],
+    );
+    let ids: Vec<String> = report
+        .outcomes
+        .iter()
+        .map(|(_, o)| match o {
+            Outcome::Synced { crm_id } => crm_id.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let report = adapter.delete(
+        "contacts",
+        &[Delete {
+            key: "2".into(),
+            crm_id: ids[1].clone(),
+        }],
+    );
+    assert_eq!(report.outcomes[0].1, Outcome::Deleted);
+    // Two values a request: the third goes in a second one.
+    let mut adapter = build(
+        &CrmSettings {
+            adapter: "hubspot".into(),
+            config: json!({ "base_url": mock.server.url() }),
+            secret: Some(SECRET.into()),
+            batch_size: Some(2),
+        },
+        Box::new(Unpaced),
+    )
+    .unwrap();
+    let items = [
+        find("a", "ANN@x.io"),
+        find("b", "bob@x.io"),
+        find("c", "ann@x.io"),
+        find("d", "cy@x.io"),
+    ];
+    let report = adapter.find("contacts", "email", &items);
+    let outcomes: Vec<_> = report.outcomes.iter().map(|(_, o)| o.clone()).collect();
+    assert_eq!(
+        outcomes,
+        [
+            synced(&ids[0]),
+            // Archived: not live, so nothing to update or archive.
+            Outcome::Deleted,
+            synced(&ids[0]),
+            Outcome::Deleted,
+        ]
+    );
+    assert_eq!(
+        log(&report),
+        [("batch/read", 2, Some(207)), ("batch/read", 1, Some(207))]
+    );
+    assert!(report.requests.iter().all(|r| r.error.is_none()));
+    // Found alone: a 200.
+    let report = adapter.find("contacts", "email", &[find("a", "ann@x.io")]);
+    assert_eq!(report.outcomes[0].1, synced(&ids[0]));
+    assert_eq!(log(&report), [("batch/read", 1, Some(200))]);
+}
+
+#[test]
+fn find_pauses_and_misconfiguration_as_for_the_other_calls() {
+    let mock = Mock::start();
+    let items = [
+        find("a", "a@x.io"),
+        find("b", "b@x.io"),
+        find("c", "c@x.io"),
+    ];
+    let mut adapter = build(
+        &CrmSettings {
+            adapter: "hubspot".into(),
+            config: json!({ "base_url": mock.server.url() }),
+            secret: Some(SECRET.into()),
+            batch_size: Some(2),
+        },
+        Box::new(Unpaced),
+    )
+    .unwrap();
+    // A 429: the rest of the call waits.
+    mock.faults(
+        json!({"operations": ["batch/read"], "fail_next": [{"status": 429, "retry_after": 3}]}),
+    );
+    let report = adapter.find("contacts", "email", &items);
+    assert!(retry_error(&report.outcomes[0].1).starts_with("HTTP 429: RATE_LIMIT"));
+    assert!(retry_error(&report.outcomes[1].1).starts_with("HTTP 429: RATE_LIMIT"));
+    assert_eq!(
+        retry_error(&report.outcomes[2].1),
+        "not sent: the CRM asked to pause"
+    );
+    assert_eq!(report.pause, Some(Duration::from_secs(3)));
+    assert_eq!(log(&report), [("batch/read", 2, Some(429))]);
+    // A 404 OBJECT_NOT_FOUND for the whole request: none found.
+    mock.faults(json!({"fail_next": [{"status": 404}]}));
+    let report = adapter.find("contacts", "email", &items[..2]);
+    assert!(
+        report.outcomes.iter().all(|(_, o)| *o == Outcome::Deleted),
+        "{report:?}"
+    );
+    assert_eq!((report.pause, report.misconfigured), (None, None));
+    // A 404 from no route: the base_url is wrong, nobody is found or blamed.
+    let url = format!("{}/v3", mock.server.url());
+    let mut adapter = hubspot(&url, json!({}), Box::new(Unpaced));
+    let report = adapter.find("contacts", "email", &items);
+    let reason = report.misconfigured.clone().expect("misconfigured");
+    assert!(
+        reason.starts_with(
+            "HTTP 404: Unable to route POST request to /v3/crm/v3/objects/contacts/batch/read"
+        ),
+        "{reason}"
+    );
+    for (_, o) in &report.outcomes {
+        assert_eq!(retry_error(o), reason);
+    }
+    assert_eq!(report.pause, Some(Duration::from_secs(60)));
 }

@@ -659,6 +659,22 @@ fn batch_read_and_update_by_id_property() {
     let v = r.json();
     assert_eq!(v["results"][0]["properties"]["firstname"], "A");
     assert_eq!(v["errors"][0]["context"]["ids"], json!(["z@x.io"]));
+    // What etlify's find relies on: the idProperty comes back when asked for (lowercased,
+    // as HubSpot stores emails), and a read finding nothing is still a 207.
+    let r = c.post(
+        "/crm/v3/objects/contacts/batch/read",
+        &json!({"idProperty": "email", "properties": ["email"], "inputs": [{"id": "A@X.io"}]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["results"][0]["properties"]["email"], "a@x.io");
+    let r = c.post(
+        "/crm/v3/objects/contacts/batch/read",
+        &json!({"idProperty": "email", "properties": ["email"], "inputs": [{"id": "y@x.io"}, {"id": "z@x.io"}]}),
+    );
+    assert_eq!(r.status, 207, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["results"], json!([]));
+    assert_eq!(v["errors"][0]["category"], "OBJECT_NOT_FOUND");
     let r = c.post(
         UPDATE,
         &json!({"inputs": [{"idProperty": "email", "id": "a@x.io", "properties": {"firstname": "A2"}}]}),

@@ -46,6 +46,8 @@ pub(crate) enum Op<'a> {
     Upsert { id_property: &'a str },
     /// Inputs named by crm_id.
     Archive,
+    /// Inputs named by their id_property value; results echo it in their properties.
+    Read { id_property: &'a str },
     /// v4 `batch/associate/default`; inputs are links, named by both objects' ids.
     AssociateDefault,
     /// v4 `batch/create` (labelled links).
@@ -60,6 +62,7 @@ impl Op<'_> {
         match self {
             Op::Update => "batch/update",
             Op::Upsert { .. } => "batch/upsert",
+            Op::Read { .. } => "batch/read",
             Op::Archive | Op::Dissociate => "batch/archive",
             Op::AssociateDefault => "batch/associate/default",
             Op::AssociateLabelled => "batch/create",
@@ -69,7 +72,7 @@ impl Op<'_> {
     /// The request log's name for it.
     pub(crate) fn operation(self) -> &'static str {
         match self {
-            Op::Update | Op::Upsert { .. } | Op::Archive => self.endpoint(),
+            Op::Update | Op::Upsert { .. } | Op::Read { .. } | Op::Archive => self.endpoint(),
             Op::AssociateDefault => "associations/batch/associate/default",
             Op::AssociateLabelled => "associations/batch/create",
             Op::Dissociate => "associations/batch/archive",
@@ -84,12 +87,16 @@ impl Op<'_> {
     fn associates(self) -> bool {
         matches!(self, Op::AssociateDefault | Op::AssociateLabelled)
     }
+
+    fn reads(self) -> bool {
+        matches!(self, Op::Read { .. })
+    }
 }
 
 /// How the CRM names one input in its answer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Name<'a> {
-    /// crm_id (update, archive) or id_property value (upsert).
+    /// crm_id (update, archive) or id_property value (upsert, read).
     Id(&'a str),
     /// An association: errors name either object, results the pair.
     Link { from: &'a str, to: &'a str },
@@ -117,7 +124,7 @@ pub(crate) struct Verdict {
 }
 
 /// `names[i]` names input i the way the CRM will: crm_id for update/archive, id_value for
-/// upsert, both objects' ids for a link.
+/// upsert and read, both objects' ids for a link.
 pub(crate) fn attribute<'a>(
     op: Op,
     names: &[impl Into<Name<'a>> + Copy],
@@ -141,6 +148,12 @@ pub(crate) fn attribute<'a>(
             format!("{}; the CRM has no such route: check base_url", crm_says()),
             MISCONFIGURED_PAUSE,
         ),
+        // A read that found anything answers 200/207 with results; a 404 naming objects
+        // not found says it found none (not only the ones it names: it returns nothing).
+        404 if op.reads() => Verdict {
+            outcomes: vec![Outcome::Deleted; ids.len()],
+            ..Verdict::default()
+        },
         429 => {
             let daily = parsed
                 .as_ref()
@@ -189,10 +202,6 @@ fn routed(parsed: Option<&Response>) -> bool {
         .message
         .as_deref()
         .is_some_and(|m| m.starts_with("Unable to route"));
-    let not_found = |e: &ErrorEntry| {
-        e.category()
-            .is_some_and(|c| c.eq_ignore_ascii_case("OBJECT_NOT_FOUND"))
-    };
     !unrouted && (not_found(&r.top) || r.errors.iter().any(not_found))
 }
 
@@ -240,8 +249,8 @@ fn accepted(op: Op, ids: &[Name], status: u16, parsed: Option<Response>, body: &
             };
         }
         // The CRM may have applied the batch: resending is harmless (upserts by
-        // id_property, updates by crm_id, associations exist once), blaming the records
-        // is not.
+        // id_property, updates by crm_id, associations exist once, reads change
+        // nothing), blaming the records is not.
         return everyone_retries(
             ids.len(),
             format!(
@@ -252,6 +261,9 @@ fn accepted(op: Op, ids: &[Name], status: u16, parsed: Option<Response>, body: &
         );
     };
 
+    // Results that name no input: a read must not call an input not found when one of
+    // these may be its object.
+    let mut unplaced = 0;
     for result in &response.results {
         if op.associates() {
             // HubSpot echoes a link as {from:{id}, to:{id}} or fromObjectId/toObjectId.
@@ -267,30 +279,38 @@ fn accepted(op: Op, ids: &[Name], status: u16, parsed: Option<Response>, body: &
         let name = match op {
             Op::Update => Some(crm_id.clone()),
             // HubSpot lowercases emails: InputIndex compares case-insensitively.
-            Op::Upsert { id_property } => result.property(id_property),
+            Op::Upsert { id_property } | Op::Read { id_property } => result.property(id_property),
             _ => None,
         };
+        let mut placed = false;
         for i in name.iter().flat_map(|n| index.find(n)) {
+            placed = true;
             outcomes[i] = Some(Outcome::Synced {
                 crm_id: crm_id.clone(),
             });
         }
+        unplaced += usize::from(!placed);
     }
     // A lone input with a lone result is unambiguous even when the result does not echo
     // the id_property.
     if let ([None], [result], []) = (&outcomes[..], &response.results[..], &response.errors[..]) {
-        if let (Some(crm_id), Op::Upsert { .. }) = (&result.id, op) {
+        if let (Some(crm_id), Op::Upsert { .. } | Op::Read { .. }) = (&result.id, op) {
             outcomes[0] = Some(Outcome::Synced {
                 crm_id: crm_id.clone(),
             });
+            unplaced = 0;
         }
     }
 
     let mut unattributed = false;
+    // An error naming no input that is not a "not found": it may be about any input
+    // without a result.
+    let mut unexplained = false;
     for error in &response.errors {
         let outcome = blame(op, error, None);
         let named: Vec<usize> = error.ids().iter().flat_map(|id| index.find(id)).collect();
         unattributed |= named.is_empty();
+        unexplained |= named.is_empty() && !not_found(error);
         for i in named {
             // A result for the same input wins: the object exists and took the write.
             outcomes[i].get_or_insert_with(|| outcome.clone());
@@ -307,6 +327,10 @@ fn accepted(op: Op, ids: &[Name], status: u16, parsed: Option<Response>, body: &
             // The CRM said COMPLETE and named every failure: the rest went through, in
             // whatever shape its results came.
             None if op.associates() && !unattributed => link_synced(name),
+            // HubSpot leaves out what it did not find (or names it in an OBJECT_NOT_FOUND
+            // error whose ids do not match): not found, unless the answer holds something
+            // this input could be.
+            None if op.reads() && unplaced == 0 && !unexplained => Outcome::Deleted,
             None => {
                 unanswered += 1;
                 Outcome::Failed {
@@ -416,18 +440,25 @@ fn blame(op: Op, error: &ErrorEntry, fallback: Option<&str>) -> Outcome {
 
 /// `blame`, with the text to record.
 fn blame_as(op: Op, error: &ErrorEntry, text: String) -> Outcome {
-    let not_found = error
-        .category()
-        .is_some_and(|c| c.eq_ignore_ascii_case("OBJECT_NOT_FOUND"));
+    let gone = not_found(error);
     match op {
         // The stored crm_id points at nothing (merged, deleted in HubSpot): the worker
         // forgets it and upserts by id_property next time.
-        Op::Update if not_found => Outcome::Stale { error: text },
+        Op::Update if gone => Outcome::Stale { error: text },
         // Already gone is what we wanted; an object that is gone has no associations left.
-        Op::Archive | Op::Dissociate if not_found => Outcome::Deleted,
+        Op::Archive | Op::Dissociate if gone => Outcome::Deleted,
+        // No live object has the value: nothing to find.
+        Op::Read { .. } if gone => Outcome::Deleted,
         // An association to an object that does not exist: the record points at it.
         _ => Outcome::Failed { error: text },
     }
+}
+
+/// The CRM says the object named is gone, or never was.
+fn not_found(error: &ErrorEntry) -> bool {
+    error
+        .category()
+        .is_some_and(|c| c.eq_ignore_ascii_case("OBJECT_NOT_FOUND"))
 }
 
 /// A link that exists: its outcome names the object it points to.
@@ -1107,6 +1138,152 @@ mod tests {
         let v = attribute(Op::Dissociate, &links, 404, &no_limits(), body);
         assert_eq!(v.outcomes[2], Outcome::Deleted);
         assert!(is_retry(&v.outcomes[0]) && is_retry(&v.outcomes[1]));
+    }
+
+    const READ: Op = Op::Read {
+        id_property: "email",
+    };
+
+    #[test]
+    fn read_names_its_endpoint() {
+        assert_eq!(
+            (READ.endpoint(), READ.operation()),
+            ("batch/read", "batch/read")
+        );
+    }
+
+    #[test]
+    fn read_200_matches_results_by_id_property_ignoring_case() {
+        // HubSpot lowercases emails and promises no order.
+        let body = br#"{"status":"COMPLETE","results":[
+            {"id":"202","properties":{"email":"bob@example.com","hs_object_id":"202"},"archived":false},
+            {"id":"201","properties":{"email":"ann@example.com"},"archived":false}
+        ],"startedAt":"2024-01-01T00:00:00Z","completedAt":"2024-01-01T00:00:00Z"}"#;
+        let v = attribute(
+            READ,
+            &[" Ann@Example.com", "bob@example.com"],
+            200,
+            &no_limits(),
+            body,
+        );
+        assert_eq!(v.outcomes, vec![synced("201"), synced("202")]);
+        assert_eq!(
+            v,
+            Verdict {
+                outcomes: v.outcomes.clone(),
+                ..Verdict::default()
+            }
+        );
+    }
+
+    #[test]
+    fn read_207_not_found_is_deleted_not_an_error() {
+        // The ids not found in one entry (HubSpot's way) or one entry each (the mock's).
+        for errors in [
+            r#"[{"status":"error","category":"OBJECT_NOT_FOUND","message":"Could not get some CONTACT objects, they may be deleted or not exist. Check that ids are valid.","context":{"ids":["bob@x.io","cy@x.io"]}}]"#,
+            r#"[{"status":"error","category":"OBJECT_NOT_FOUND","context":{"ids":["bob@x.io"]}},{"status":"error","category":"OBJECT_NOT_FOUND","context":{"ids":["cy@x.io"]}}]"#,
+        ] {
+            let body = format!(
+                r#"{{"status":"COMPLETE","results":[{{"id":"7","properties":{{"email":"ann@x.io"}}}}],"numErrors":1,"errors":{errors}}}"#
+            );
+            let v = attribute(
+                READ,
+                &["bob@x.io", "Ann@x.io", "CY@x.io"],
+                207,
+                &no_limits(),
+                body.as_bytes(),
+            );
+            assert_eq!(
+                v.outcomes,
+                vec![Outcome::Deleted, synced("7"), Outcome::Deleted]
+            );
+            assert_eq!((v.error, v.pause, v.misconfigured), (None, None, None));
+        }
+    }
+
+    #[test]
+    fn read_inputs_left_out_are_not_found_unless_the_answer_is_unclear() {
+        // Left out of a complete answer: not found.
+        let body =
+            br#"{"status":"COMPLETE","results":[{"id":"7","properties":{"email":"ann@x.io"}}]}"#;
+        let v = attribute(READ, &["ann@x.io", "bob@x.io"], 200, &no_limits(), body);
+        assert_eq!(v.outcomes, vec![synced("7"), Outcome::Deleted]);
+        let v = attribute(
+            READ,
+            &["bob@x.io"],
+            207,
+            &no_limits(),
+            br#"{"results":[],"errors":[{"category":"OBJECT_NOT_FOUND"}]}"#,
+        );
+        assert_eq!(v.outcomes, vec![Outcome::Deleted]);
+        // A result that echoes no value may be either input's object: neither is gone.
+        let body = br#"{"results":[{"id":"7","properties":{}},{"id":"8","properties":{"email":"bob@x.io"}}]}"#;
+        let v = attribute(
+            READ,
+            &["ann@x.io", "bob@x.io", "cy@x.io"],
+            200,
+            &no_limits(),
+            body,
+        );
+        assert_eq!(
+            v.outcomes,
+            vec![failed(NO_RESULT), synced("8"), failed(NO_RESULT)]
+        );
+        // Alone with one result, the input is that object.
+        let v = attribute(
+            READ,
+            &["ann@x.io"],
+            200,
+            &no_limits(),
+            br#"{"results":[{"id":"7"}]}"#,
+        );
+        assert_eq!(v.outcomes, vec![synced("7")]);
+        // An error naming nobody that is no "not found" may be about any input left out.
+        let body = br#"{"results":[{"id":"8","properties":{"email":"bob@x.io"}}],"errors":[{"category":"VALIDATION_ERROR","message":"odd"}]}"#;
+        let v = attribute(READ, &["ann@x.io", "bob@x.io"], 207, &no_limits(), body);
+        assert_eq!(v.outcomes, vec![failed(NO_RESULT), synced("8")]);
+        // One naming an input is that input's.
+        let body = br#"{"results":[],"errors":[{"category":"VALIDATION_ERROR","message":"odd","context":{"ids":["ann@x.io"]}}]}"#;
+        let v = attribute(READ, &["ann@x.io", "bob@x.io"], 207, &no_limits(), body);
+        assert_eq!(
+            v.outcomes,
+            vec![failed("VALIDATION_ERROR: odd"), Outcome::Deleted]
+        );
+    }
+
+    #[test]
+    fn read_404_not_found_finds_nothing_but_a_route_404_is_misconfigured() {
+        for body in [
+            &br#"{"status":"error","message":"Could not get some CONTACT objects, they may be deleted or not exist. Check that ids are valid.","category":"OBJECT_NOT_FOUND","context":{"ids":["a@x.io"]}}"#[..],
+            br#"{"status":"error","message":"Object not found.","category":"OBJECT_NOT_FOUND"}"#,
+        ] {
+            let v = attribute(READ, &["a@x.io", "b@x.io"], 404, &no_limits(), body);
+            assert_eq!(v.outcomes, vec![Outcome::Deleted; 2]);
+            assert_eq!((v.error, v.pause, v.misconfigured), (None, None, None));
+        }
+        let body = br#"{"status":"error","message":"Unable to route POST request to /crm/v3/objects/contacts/batch/read","correlationId":"c"}"#;
+        let v = attribute(READ, &["a@x.io", "b@x.io"], 404, &no_limits(), body);
+        assert!(v.outcomes.iter().all(is_retry));
+        assert!(v
+            .misconfigured
+            .unwrap()
+            .ends_with("the CRM has no such route: check base_url"));
+        assert_eq!(v.pause, Some(MISCONFIGURED_PAUSE));
+    }
+
+    #[test]
+    fn read_429_and_outages_are_retried() {
+        let body = br#"{"status":"error","message":"You have reached your ten_secondly_rolling limit.","errorType":"RATE_LIMIT","policyName":"TEN_SECONDLY_ROLLING"}"#;
+        let v = attribute(READ, &["a@x.io", "b@x.io"], 429, &no_limits(), body);
+        assert!(v.outcomes.iter().all(is_retry));
+        assert_eq!(v.pause, Some(RATE_LIMIT_PAUSE));
+        for status in [500, 502, 503] {
+            let v = attribute(READ, &["a@x.io"], status, &no_limits(), b"");
+            assert!(is_retry(&v.outcomes[0]), "{status}");
+        }
+        // An unreadable 2xx: asking again is harmless, saying "not found" is not.
+        let v = attribute(READ, &["a@x.io"], 200, &no_limits(), b"<html>");
+        assert!(is_retry(&v.outcomes[0]));
     }
 
     #[test]

@@ -7,19 +7,22 @@
 //! (`associations`). Who is to blame for what is decided in `attribution`; a batch
 //! refused whole comes back `Rejected`, for `crate::bisect` to split. Records naming one
 //! object twice are held back (`Retry`) before sending, as HubSpot refuses such a batch.
+//! Lookups (`find`: the object an unanswered upsert may have created) go through
+//! `batch/read` by id_property, each value asked for once.
 
 mod associations;
 mod attribution;
 mod models;
 
 use crate::adapter::{
-    batch_size, CrmAdapter, CrmSettings, Delete, Link, Outcome, Report, ReportBuilder, RequestLog,
-    Upsert,
+    batch_size, CrmAdapter, CrmSettings, Delete, Find, Link, Outcome, Report, ReportBuilder,
+    RequestLog, Upsert,
 };
 use crate::config::AdapterConfig;
 use crate::http::{ClientSettings, HttpClient, LimitHeaderNames, Pacer, Reply};
 use attribution::{attribute, broken, Name, Op};
-use std::collections::HashSet;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 /// HubSpot refuses more than 100 inputs per batch request.
@@ -254,6 +257,43 @@ impl CrmAdapter for HubspotAdapter {
         report.finish()
     }
 
+    fn find(&mut self, object_type: &str, id_property: &str, items: &[Find]) -> Report {
+        let mut report = ReportBuilder::new(items.iter().map(|i| i.key.as_str()));
+        // HubSpot refuses a batch naming one value twice ("Duplicate IDs"; an email is
+        // unique ignoring case): each value is asked for once, and the items sharing it
+        // get its answer.
+        let mut first_with: HashMap<String, usize> = HashMap::new();
+        let mut asked = Vec::new();
+        let mut copies = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            if item.id_value.trim().is_empty() {
+                // upsert never sends a blank value, so it created nothing to find; and
+                // HubSpot would refuse the whole batch for it.
+                report.set(i, Outcome::Deleted);
+                continue;
+            }
+            match first_with.entry(folded(&item.id_value)) {
+                Entry::Occupied(first) => copies.push((i, *first.get())),
+                Entry::Vacant(slot) => {
+                    slot.insert(i);
+                    asked.push(i);
+                }
+            }
+        }
+        let op = Op::Read { id_property };
+        let url = self.objects_url(object_type, op);
+        for chunk in asked.chunks(self.batch_size) {
+            let values: Vec<&str> = chunk.iter().map(|&i| items[i].id_value.as_str()).collect();
+            let names: Vec<Name> = values.iter().map(|&v| Name::Id(v)).collect();
+            let body = models::read_body(id_property, &values);
+            self.send(&mut report, &url, op, chunk, &names, body);
+        }
+        for (i, first) in copies {
+            report.same_as(i, first);
+        }
+        report.finish()
+    }
+
     fn associate(&mut self, from_type: &str, to_type: &str, links: &[Link]) -> Report {
         associations::associate(self, from_type, to_type, links)
     }
@@ -271,8 +311,13 @@ struct Dedupe(HashSet<String>);
 impl Dedupe {
     /// Whether `name` is new to the batch (and remembers it).
     fn first(&mut self, name: &str) -> bool {
-        self.0.insert(name.trim().to_lowercase())
+        self.0.insert(folded(name))
     }
+}
+
+/// A name as HubSpot compares it within a batch.
+fn folded(name: &str) -> String {
+    name.trim().to_lowercase()
 }
 
 /// A record held back because another one of its batch names the same object.

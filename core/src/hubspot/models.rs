@@ -30,8 +30,9 @@ struct UpsertInput<'a> {
     properties: &'a Map<String, Value>,
 }
 
+/// `{id}`: an archive's crm_id, a read's id_property value.
 #[derive(Serialize)]
-struct ArchiveInput<'a> {
+struct IdInput<'a> {
     id: &'a str,
 }
 
@@ -71,9 +72,29 @@ pub(crate) fn archive_body(items: &[&Delete]) -> Vec<u8> {
     to_body(
         items
             .iter()
-            .map(|item| ArchiveInput { id: &item.crm_id })
+            .map(|item| IdInput { id: &item.crm_id })
             .collect(),
     )
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReadRequest<'a> {
+    id_property: &'a str,
+    properties: [&'a str; 1],
+    inputs: Vec<IdInput<'a>>,
+}
+
+/// `batch/read` by id_property: `{idProperty, properties: [idProperty], inputs:[{id:
+/// value}]}`. Asking for the id_property is what lets each result be matched to its
+/// input (results come in no promised order).
+pub(crate) fn read_body(id_property: &str, values: &[&str]) -> Vec<u8> {
+    let request = ReadRequest {
+        id_property,
+        properties: [id_property],
+        inputs: values.iter().map(|&id| IdInput { id }).collect(),
+    };
+    serde_json::to_vec(&request).expect("strings always serialize")
 }
 
 #[derive(Serialize)]
@@ -366,6 +387,14 @@ mod tests {
         assert_eq!(
             json_of(archive_body(&[&d])),
             json!({"inputs": [{"id": "101"}]})
+        );
+    }
+
+    #[test]
+    fn read_body_asks_for_the_id_property() {
+        assert_eq!(
+            json_of(read_body("email", &["Ann@x.io", "bob@x.io"])),
+            json!({"idProperty": "email", "properties": ["email"], "inputs": [{"id": "Ann@x.io"}, {"id": "bob@x.io"}]})
         );
     }
 
