@@ -182,6 +182,12 @@ CREATE TABLE etlify.queue (
     -- set by a claimer that committed its claim and is now talking to the CRM
     claimed_by  text,
     claimed_at  timestamptz,
+    -- the id_property value of an upsert (by that value, for a record with no CRM
+    -- id yet) whose answer has not been recorded, and when it was claimed: until
+    -- it is, the CRM may hold an object etlify does not know the id of (a worker
+    -- killed mid-request, a timeout). See etlify._unanswered.
+    sending     text,
+    sent_at     timestamptz,
     PRIMARY KEY (mapping_id, key)
 );
 -- Only the primary key: every further index would be paid by writers and by the

@@ -241,7 +241,8 @@ $$;
 --   must not lose it to this key's archive).
 -- A source table that another transaction holds locked is skipped for this round.
 CREATE FUNCTION etlify._claim(p_mapping int, p_limit int, p_claimer text, p_keys text[] DEFAULT NULL)
-RETURNS TABLE (key text, change_seq bigint, state text, crm_id text, digest bytea, shared boolean)
+RETURNS TABLE (key text, change_seq bigint, state text, crm_id text, digest bytea, shared boolean,
+               sending text, sent_ms float8)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 -- plans fit the tables as they are now (a plan cached while etlify.records was
@@ -254,6 +255,8 @@ DECLARE
     m      etlify.mappings;
     v_keys text[];
     v_seqs bigint[];
+    v_sending text[];
+    v_sent timestamptz[];
 BEGIN
     SELECT * INTO m FROM etlify.mappings mm WHERE mm.id = p_mapping;
     IF NOT FOUND THEN
@@ -283,9 +286,10 @@ BEGIN
                     WHERE x.mapping_id = p_mapping AND x.not_before <= now() AND x.claimed_by IS NULL
                     LIMIT p_limit
                       FOR UPDATE SKIP LOCKED))
-            RETURNING q.key, q.change_seq
+            RETURNING q.key, q.change_seq, q.sending, q.sent_at
         )
-        SELECT array_agg(u.key), array_agg(u.change_seq) INTO v_keys, v_seqs FROM u;
+        SELECT array_agg(u.key), array_agg(u.change_seq), array_agg(u.sending), array_agg(u.sent_at)
+          INTO v_keys, v_seqs, v_sending, v_sent FROM u;
     ELSE
         -- named keys (etlify.sync / etlify.delete), dirty or not: each gets a queue
         -- row, so that the key is seen as in flight. A queue row that another
@@ -301,9 +305,10 @@ BEGIN
         ), u AS (
             UPDATE etlify.queue q SET claimed_by = p_claimer, claimed_at = now()
               FROM c WHERE q.mapping_id = p_mapping AND q.key = c.key
-            RETURNING q.key, q.change_seq
+            RETURNING q.key, q.change_seq, q.sending, q.sent_at
         )
-        SELECT array_agg(k.key), array_agg(u.change_seq) INTO v_keys, v_seqs
+        SELECT array_agg(k.key), array_agg(u.change_seq), array_agg(u.sending), array_agg(u.sent_at)
+          INTO v_keys, v_seqs, v_sending, v_sent
           FROM unnest(p_keys) AS k(key) LEFT JOIN u ON u.key = k.key;
     END IF;
     IF v_keys IS NULL THEN
@@ -314,13 +319,42 @@ BEGIN
         SELECT k.key, k.seq, rec.state, rec.crm_id, rec.digest,
                rec.crm_id IS NOT NULL AND EXISTS (
                    SELECT 1 FROM etlify.records o
-                    WHERE o.mapping_id = p_mapping AND o.crm_id = rec.crm_id AND NOT (o.key = ANY (v_keys)))
-          FROM unnest(v_keys, v_seqs) AS k(key, seq)
+                    WHERE o.mapping_id = p_mapping AND o.crm_id = rec.crm_id AND NOT (o.key = ANY (v_keys))),
+               k.sending, 1000 * extract(epoch FROM clock_timestamp() - k.sent_at)::float8
+          FROM unnest(v_keys, v_seqs, v_sending, v_sent) AS k(key, seq, sending, sent_at)
           -- one index probe per key, whatever the statistics say (see etlify._record_tids)
           LEFT JOIN LATERAL (SELECT r.state, r.crm_id, r.digest FROM etlify.records r
                               WHERE r.mapping_id = p_mapping AND r.key = k.key LIMIT 1) rec ON true
          ORDER BY k.key;
 END
+$$;
+
+-- Notes the id_property values about to be upserted for claimed keys that have no
+-- CRM id (p_values[i] for p_keys[i]; NULL forgets the note). Until the answer is
+-- recorded (etlify._record clears the note), the CRM may hold an object by that
+-- value that etlify does not know the id of: a worker killed mid-request, or a
+-- request that timed out. A later claim that finds the note, for a row that is
+-- gone or whose value changed, looks the object up by the noted value (once it has
+-- surely landed) to archive or update it, instead of leaving it orphaned.
+CREATE FUNCTION etlify._unanswered(p_mapping int, p_keys text[], p_values text[]) RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE etlify.queue q
+       SET sending = n.value, sent_at = CASE WHEN n.value IS NOT NULL THEN clock_timestamp() END
+      FROM unnest(p_keys, p_values) AS n(key, value)
+     WHERE q.mapping_id = p_mapping AND q.key = n.key;
+$$;
+
+-- Which of these CRM ids a record of the mapping holds: an object found by the value
+-- of an unanswered upsert (etlify._unanswered) that another record holds is that
+-- record's, never to be archived or taken over.
+CREATE FUNCTION etlify._held(p_mapping int, p_ids text[]) RETURNS SETOF text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT DISTINCT r.crm_id FROM etlify.records r
+     WHERE r.mapping_id = p_mapping AND r.crm_id = ANY (p_ids);
 $$;
 
 -- How to load and serialize a mapping's rows now: as whom, with which search_path,
@@ -398,6 +432,7 @@ DECLARE
     v_cap  interval := current_setting('etlify.retry_backoff_max')::interval;
     v_results etlify._result[];
     v_next timestamptz;
+    v_kept text[];
 BEGIN
     SELECT c.max_sync_errors INTO v_max
       FROM etlify.mappings m JOIN etlify.crms c ON c.name = m.crm WHERE m.id = p_mapping;
@@ -514,9 +549,15 @@ BEGIN
     RETURNING q.not_before)
     SELECT min(not_before) INTO v_next FROM retried WHERE not_before < 'infinity';
 
-    -- release what is left of this claim (records changed while in flight)
+    -- release what is left of this claim (records changed while in flight). An
+    -- answer the CRM gave settles an unanswered upsert (etlify._unanswered); an
+    -- outcome that sent nothing leaves it as it was. (The rows deleted above took
+    -- theirs with them; failed, retried and stale ones keep theirs.)
+    v_kept := ARRAY(SELECT r.key FROM unnest(v_results) r WHERE r.outcome IN ('skipped', 'disabled', 'buffered'));
     IF p_claimer IS NOT NULL THEN
-        UPDATE etlify.queue q SET claimed_by = NULL, claimed_at = NULL
+        UPDATE etlify.queue q SET claimed_by = NULL, claimed_at = NULL,
+               sending = CASE WHEN q.key = ANY (v_kept) THEN q.sending END,
+               sent_at = CASE WHEN q.key = ANY (v_kept) THEN q.sent_at END
          WHERE q.ctid = ANY (ARRAY(
                SELECT x.ctid FROM unnest(v_results) r
                 CROSS JOIN LATERAL (SELECT qq.ctid FROM etlify.queue qq

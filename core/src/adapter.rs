@@ -113,6 +113,12 @@ pub struct Report {
 pub trait CrmAdapter {
     /// Records per request.
     fn max_batch_size(&self) -> usize;
+    /// How long a request whose answer never came may still be landing in the CRM:
+    /// an object it made is looked up only after this (crate::unanswered), or the
+    /// look-up could miss it.
+    fn unanswered_settle(&self) -> Duration {
+        Duration::from_secs(65)
+    }
     /// Items with crm_id: update addressed by crm_id; without: upsert by id_property = id_value.
     /// The caller passes at most max_batch_size() items; the adapter may make more than one request (e.g. one update + one upsert).
     fn upsert(&mut self, object_type: &str, id_property: &str, items: &[Upsert]) -> Report;

@@ -9,6 +9,7 @@ pub mod digest;
 pub mod http;
 pub mod links;
 pub mod plan;
+pub mod unanswered;
 
 mod config;
 mod hubspot;

@@ -30,6 +30,9 @@ pub struct Claimed {
     /// Its associations with the records it references (not planned here: the
     /// engine takes them before planning, see crate::links).
     pub links: Vec<crate::links::LinkState>,
+    /// An earlier upsert of this key by id_property that was never answered
+    /// (crate::unanswered).
+    pub unanswered: Option<crate::unanswered::Unanswered>,
 }
 
 /// What a buffered record waits for: the referenced key of its sync dependency at
@@ -291,10 +294,9 @@ pub fn plan(rows: Vec<Claimed>, id_property: &str, crm_enabled: bool, intent: In
                 continue;
             }
         };
-        let id_value = match payload.get(id_property) {
-            Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            _ => {
+        let id_value = match crate::unanswered::id_value(&payload, id_property) {
+            Some(v) => v,
+            None => {
                 out.done.push(Resolved::failed(
                     &c,
                     format!(

@@ -10,11 +10,12 @@ mod pacer;
 pub mod store;
 
 use crate::budgets::{self, CrmKey};
-use etlify_core::adapter::{self, CrmAdapter, CrmSettings, Outcome, Report, RequestLog};
+use etlify_core::adapter::{self, CrmAdapter, CrmSettings, Find, Outcome, Report, RequestLog};
 use etlify_core::bisect::bisect;
 use etlify_core::http::{Answer, Wait};
 use etlify_core::links::Held;
 use etlify_core::plan::{plan, Claimed, Intent, PlannedDelete, PlannedUpsert, Resolved, Verdict};
+use etlify_core::unanswered::{self, Check};
 use pacer::{BudgetPacer, Reservation, Sleeper};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -197,7 +198,11 @@ impl<H: Host> Engine<H> {
     /// One claim of a mapping, sent and recorded: a result per claimed record.
     fn round(&mut self, w: &Work, limit: usize, stop: &dyn Fn() -> bool) -> Vec<Resolved> {
         let host = self.host;
-        let rows = host.step(|| store::claim(w.mapping_id, limit, host.claimer(), None));
+        let rows = host.step(|| {
+            let rows = store::claim(w.mapping_id, limit, host.claimer(), None);
+            store::note_unanswered(w.mapping_id, notes(w, &rows, Intent::Reconcile));
+            rows
+        });
         if rows.is_empty() {
             return Vec::new();
         }
@@ -279,8 +284,11 @@ impl<H: Host> Engine<H> {
         host.step(store::settle_inline_sends);
         // a stale crm_id is forgotten by the first attempt and upserted by the second
         for _ in 0..2 {
-            let rows = host
-                .step(|| store::claim(mapping_id, 1, host.claimer(), Some(vec![key.to_string()])));
+            let rows = host.step(|| {
+                let rows = store::claim(mapping_id, 1, host.claimer(), Some(vec![key.to_string()]));
+                store::note_unanswered(mapping_id, notes(w, &rows, intent));
+                rows
+            });
             if rows.iter().any(|r| r.seq.is_none()) {
                 return None;
             }
@@ -355,9 +363,11 @@ impl<H: Host> Engine<H> {
                 (c.key.clone(), links::Wanted { crm_id, links })
             })
             .collect();
-        let p = plan(rows, &w.id_property, w.enabled, intent);
-        let mut results = p.done;
+        let mut results = Vec::new();
         let mut logs = Vec::new();
+        let rows = self.unanswered(w, rows, intent, &mut results, &mut logs, stop);
+        let p = plan(rows, &w.id_property, w.enabled, intent);
+        results.extend(p.done);
         if !p.upserts.is_empty() || !p.deletes.is_empty() {
             self.send(w, p.upserts, p.deletes, &mut results, &mut logs, stop);
         }
@@ -369,6 +379,113 @@ impl<H: Host> Engine<H> {
             Err(_) => Vec::new(), // the records' sends said why already
         };
         (results, logs, held)
+    }
+
+    /// Records whose earlier upsert by id_property was never answered, and whose
+    /// row is gone or has another value now (etlify_core::unanswered): the object
+    /// that upsert may have made is looked up by the value it was sent, and then
+    /// archived or updated by its id, like any record's. Those it is too early for
+    /// wait; the rest go on to the plan (SQL only in host steps).
+    fn unanswered(
+        &mut self,
+        w: &Work,
+        rows: Vec<Claimed>,
+        intent: Intent,
+        results: &mut Vec<Resolved>,
+        logs: &mut Vec<Value>,
+        stop: &dyn Fn() -> bool,
+    ) -> Vec<Claimed> {
+        if !w.enabled || rows.iter().all(|c| c.unanswered.is_none()) {
+            return rows;
+        }
+        let host = self.host;
+        let Ok(crm) = self.crm(w) else {
+            return rows; // the sends say why
+        };
+        let settle = crm.adapter.unanswered_settle();
+        let mut kept = Vec::with_capacity(rows.len());
+        let mut finds = Vec::new();
+        for c in rows {
+            match unanswered::check(&c, &w.id_property, intent, settle) {
+                Check::Nothing => kept.push(c),
+                Check::Wait(after) => {
+                    let why = format!(
+                        "an earlier upsert by {} was never answered: the object it may have made is looked up once that request has surely landed",
+                        w.id_property
+                    );
+                    results.push(retry(&c.key, c.seq, &why, after));
+                }
+                Check::Find(value) => finds.push((c, value)),
+            }
+        }
+        if finds.is_empty() {
+            return kept;
+        }
+        if let Some((reason, wait)) = hold(crm, stop) {
+            results.extend(
+                finds
+                    .iter()
+                    .map(|(c, _)| retry(&c.key, c.seq, &reason, wait)),
+            );
+            return kept;
+        }
+        let items: Vec<Find> = finds
+            .iter()
+            .map(|(c, v)| Find {
+                key: c.key.clone(),
+                id_value: v.clone(),
+            })
+            .collect();
+        let report = crm.adapter.find(&w.object_type, &w.id_property, &items);
+        let by_key = absorb(crm, &report, logs);
+        let (mut found, mut absent) = (Vec::new(), Vec::new());
+        for (c, _) in finds {
+            match by_key.get(c.key.as_str()) {
+                Some(Outcome::Synced { crm_id }) => found.push((c, crm_id.clone())),
+                Some(Outcome::Deleted) => absent.push(c),
+                // not knowing is never the record's fault: it is looked up again
+                Some(
+                    Outcome::Retry { error }
+                    | Outcome::Failed { error }
+                    | Outcome::Rejected { error }
+                    | Outcome::Stale { error },
+                ) => results.push(retry(
+                    &c.key,
+                    c.seq,
+                    &format!("looking up the object of an unanswered upsert: {error}"),
+                    report.pause.unwrap_or(DEFAULT_RETRY),
+                )),
+                None => results.push(retry(
+                    &c.key,
+                    c.seq,
+                    "the adapter returned no outcome for this record",
+                    DEFAULT_RETRY,
+                )),
+            }
+        }
+        // an object another record holds is that record's, never this one's
+        let ids = found.iter().map(|(_, id)| id.clone()).collect();
+        let held = host.step(|| store::held_ids(w.mapping_id, ids));
+        for (mut c, id) in found {
+            if held.contains(&id) {
+                absent.push(c);
+            } else {
+                c.crm_id = Some(id);
+                kept.push(c);
+            }
+        }
+        // no object by the old value: the note becomes the value the record is
+        // upserted by now (before that request goes), or goes
+        let renotes = absent
+            .iter()
+            .map(|c| (c.key.clone(), unanswered::renote(c, &w.id_property, intent)))
+            .collect();
+        host.step(|| store::note_unanswered(w.mapping_id, renotes));
+        for c in &mut absent {
+            c.unanswered = None;
+        }
+        kept.extend(absent);
+        kept
     }
 
     /// Sends a batch's upserts, then its deletes, adding a result per record.
@@ -481,6 +598,20 @@ impl<H: Host> Engine<H> {
             }
         }
     }
+}
+
+/// The notes to write for claimed records before their requests (see
+/// etlify_core::unanswered): none for a disabled CRM, which sends nothing.
+fn notes(w: &Work, rows: &[Claimed], intent: Intent) -> Vec<(String, Option<String>)> {
+    if !w.enabled {
+        return Vec::new();
+    }
+    rows.iter()
+        .filter_map(|c| {
+            let v = unanswered::note(c, &w.id_property, intent)?;
+            Some((c.key.clone(), Some(v)))
+        })
+        .collect()
 }
 
 /// How many workers may be in a round on one CRM at once: all of them when the

@@ -5,6 +5,7 @@ use crate::restricted;
 use etlify_core::adapter::Label;
 use etlify_core::links::{Held, LinkState};
 use etlify_core::plan::{Claimed, Resolved, Wait};
+use etlify_core::unanswered::Unanswered;
 use pgrx::prelude::*;
 use pgrx::{JsonB, Spi};
 use serde_json::Value;
@@ -92,7 +93,7 @@ pub fn claim(
     let mut claimed: Vec<Claimed> = Spi::connect_mut(|client| {
         let rows = client
             .update(
-                "SELECT key, change_seq, state, crm_id, digest, shared \
+                "SELECT key, change_seq, state, crm_id, digest, shared, sending, sent_ms \
                  FROM etlify._claim($1, $2, $3, $4)",
                 None,
                 &[
@@ -110,6 +111,12 @@ pub fn claim(
             crm_id: datums::text(&r, 4),
             digest: datums::bytes(&r, 5),
             shared: r.get::<bool>(6).ok().flatten().unwrap_or(false),
+            unanswered: datums::text(&r, 7).map(|value| Unanswered {
+                value,
+                age: Duration::from_secs_f64(
+                    (r.get::<f64>(8).ok().flatten().unwrap_or(0.0) / 1000.0).max(0.0),
+                ),
+            }),
             ..Default::default()
         })
         .collect()
@@ -130,6 +137,42 @@ pub fn claim(
         enqueue_awaited(mapping_id, blocked);
     }
     claimed
+}
+
+/// Notes (or forgets, with None) the id_property values claimed keys are about to
+/// be upserted by (etlify._unanswered, crate::unanswered in core).
+pub fn note_unanswered(mapping_id: i32, notes: Vec<(String, Option<String>)>) {
+    if notes.is_empty() {
+        return;
+    }
+    let (keys, values): (Vec<String>, Vec<Option<String>>) = notes.into_iter().unzip();
+    Spi::connect_mut(|client| {
+        client
+            .update(
+                "SELECT etlify._unanswered($1, $2, $3)",
+                None,
+                &[mapping_id.into(), keys.into(), values.into()],
+            )
+            .unwrap_or_else(|e| spi_err("noting the values about to be upserted", e));
+    })
+}
+
+/// Which of `ids` a record of the mapping holds (etlify._held).
+pub fn held_ids(mapping_id: i32, ids: Vec<String>) -> std::collections::HashSet<String> {
+    if ids.is_empty() {
+        return Default::default();
+    }
+    Spi::connect(|client| {
+        client
+            .select(
+                "SELECT etlify._held($1, $2)",
+                None,
+                &[mapping_id.into(), ids.into()],
+            )
+            .unwrap_or_else(|e| spi_err("checking which records hold found objects", e))
+            .filter_map(|r| datums::text(&r, 1))
+            .collect()
+    })
 }
 
 /// The sync dependencies of claimed records (etlify._await): the ones a record

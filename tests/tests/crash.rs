@@ -199,3 +199,65 @@ fn kills_at_random_points_with_two_workers_a_writer_and_faults_end_exact() {
         "a resend conflicted with an existing object"
     );
 }
+
+/// An upsert whose answer never came (here a timeout; a worker killed mid-request
+/// is the same) may still have made its object. If the row is then deleted, or its
+/// email changes, before a resend, that object must not be left behind: the
+/// record looks it up by the email it was sent (once the request has surely
+/// landed), then archives it, or writes the new email to it.
+#[test]
+fn an_unanswered_upsert_leaves_no_object_behind() {
+    let mut env = Env::start("", "");
+    // the settle time follows the client's timeout: 2 × 1 s + 5 s
+    env.db
+        .execute(
+            "SELECT etlify.register_crm('hubspot', 'hubspot',
+                 config => jsonb_build_object('base_url', $1::text, 'timeout_ms', 1000))",
+            &[&env.mock.url()],
+        )
+        .unwrap();
+    map_users(&mut env.db, "");
+    env.mock
+        .set_faults(json!({ "delay_ms": 2500, "operations": ["batch/upsert"] }));
+    insert_users(&mut env.db, [1, 2, 3]);
+    wait_for_default("the upsert sent", || {
+        env.mock
+            .crm_requests()
+            .iter()
+            .any(|r| {
+                r["path"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with("batch/upsert"))
+            })
+            .then_some(())
+    });
+    // what was sent is landing; the worker has given up on it, and meanwhile:
+    env.db
+        .batch_execute(
+            "DELETE FROM users WHERE id = 1;
+             UPDATE users SET email = 'changed2@example.com' WHERE id = 2;",
+        )
+        .unwrap();
+    env.mock.set_faults(json!({}));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    let mut diffs = etlify_e2e::exact::users_differences(&mut env.db, &env.mock);
+    while !diffs.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        diffs = etlify_e2e::exact::users_differences(&mut env.db, &env.mock);
+    }
+    assert!(diffs.is_empty(), "{diffs:#?}");
+    assert_eq!(env.mock.objects("contacts").len(), 2);
+    let archived = env.mock.archived("contacts");
+    assert_eq!(archived.len(), 1, "{archived:?}");
+    assert_eq!(
+        archived[0]["properties"]["email"].as_str(),
+        Some(email(1).as_str())
+    );
+    // the lookups by the emails sent show in the request log
+    assert!(
+        env.mock.crm_requests().iter().any(|r| r["path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("batch/read"))),
+        "no look-up"
+    );
+}

@@ -68,6 +68,7 @@ pub(crate) struct HubspotAdapter {
     client: HttpClient,
     base_url: String,
     batch_size: usize,
+    timeout: Duration,
 }
 
 impl HubspotAdapter {
@@ -84,6 +85,7 @@ impl HubspotAdapter {
             .filter(|s| !s.is_empty())
             .ok_or("the hubspot adapter needs a secret: a private app access token")?;
         Ok(HubspotAdapter {
+            timeout: config.client.timeout,
             client: HttpClient::new(config.client, Some(secret), LIMIT_HEADERS, pacer)?,
             base_url: config.base_url,
             batch_size,
@@ -187,6 +189,12 @@ impl HubspotAdapter {
 impl CrmAdapter for HubspotAdapter {
     fn max_batch_size(&self) -> usize {
         self.batch_size
+    }
+
+    /// Twice the client's timeout (a request it gave up on may still be served),
+    /// and a margin for the time between the note and the request.
+    fn unanswered_settle(&self) -> Duration {
+        self.timeout * 2 + Duration::from_secs(5)
     }
 
     fn upsert(&mut self, object_type: &str, id_property: &str, items: &[Upsert]) -> Report {
