@@ -239,7 +239,11 @@ CREATE TABLE etlify.forgotten (
 CREATE TABLE etlify.inline_sends (
     xid        xid8 NOT NULL,
     mapping_id int NOT NULL,
-    key        text NOT NULL
+    key        text NOT NULL,
+    -- the id_property value of an upsert of a record with no CRM id (see
+    -- etlify.queue.sending): if the transaction rolls back, the object it made is
+    -- looked up by it
+    sending    text
 );
 -- no key: a FOR ALL TABLES publication would otherwise refuse the settling DELETE
 ALTER TABLE etlify.inline_sends REPLICA IDENTITY FULL;

@@ -403,7 +403,7 @@ $$;
 -- and digest of a payload the CRM took (an association failed after it).
 CREATE TYPE etlify._result AS (
     key text, seq bigint, outcome text, crm_id text, digest text, error text, retry_ms bigint,
-    waits_position int, waits_key text
+    waits_position int, waits_key text, refused boolean
 );
 
 -- The ctids of the records of a batch's results with one of `p_outcomes`: one
@@ -433,8 +433,9 @@ DECLARE
     v_results etlify._result[];
     v_next timestamptz;
     v_kept text[];
+    v_registered timestamptz;
 BEGIN
-    SELECT c.max_sync_errors INTO v_max
+    SELECT c.max_sync_errors, c.updated_at INTO v_max, v_registered
       FROM etlify.mappings m JOIN etlify.crms c ON c.name = m.crm WHERE m.id = p_mapping;
     IF NOT FOUND THEN
         -- unsynced (or its table dropped) while the batch was in flight: what is
@@ -538,9 +539,14 @@ BEGIN
            CASE WHEN r.outcome = 'failed' THEN
                     CASE WHEN rec.state = 'parked' THEN 'infinity'::timestamptz
                          ELSE now() + least(v_base * power(2, greatest(rec.error_count - 1, 0))::float8, v_cap) END
+                -- the CRM registered again or resumed while this batch was in
+                -- flight: the pause its answers asked for is lifted (_lift_pause
+                -- could not reach claimed rows)
+                WHEN qq.claimed_at < v_registered THEN now()
                 ELSE now() + make_interval(secs => coalesce(r.retry_ms, 0) / 1000.0) END
       FROM unnest(v_results) r
       LEFT JOIN etlify.records rec ON rec.mapping_id = p_mapping AND rec.key = r.key
+      LEFT JOIN etlify.queue qq ON qq.mapping_id = p_mapping AND qq.key = r.key
      WHERE r.outcome IN ('failed', 'retry', 'stale')
     ON CONFLICT (mapping_id, key) DO UPDATE
        SET not_before = EXCLUDED.not_before, claimed_by = NULL, claimed_at = NULL
@@ -549,10 +555,18 @@ BEGIN
     RETURNING q.not_before)
     SELECT min(not_before) INTO v_next FROM retried WHERE not_before < 'infinity';
 
+    -- an upsert the CRM refused made no object: its note goes (etlify._unanswered)
+    IF EXISTS (SELECT 1 FROM unnest(v_results) r WHERE r.refused) THEN
+        UPDATE etlify.queue q SET sending = NULL, sent_at = NULL
+         WHERE q.mapping_id = p_mapping AND q.sending IS NOT NULL
+           AND q.key = ANY (ARRAY(SELECT r.key FROM unnest(v_results) r WHERE r.refused));
+    END IF;
+
     -- release what is left of this claim (records changed while in flight). An
     -- answer the CRM gave settles an unanswered upsert (etlify._unanswered); an
     -- outcome that sent nothing leaves it as it was. (The rows deleted above took
-    -- theirs with them; failed, retried and stale ones keep theirs.)
+    -- theirs with them; retried and stale ones keep theirs, and failed ones unless
+    -- the CRM refused them.)
     v_kept := ARRAY(SELECT r.key FROM unnest(v_results) r WHERE r.outcome IN ('skipped', 'disabled', 'buffered'));
     IF p_claimer IS NOT NULL THEN
         UPDATE etlify.queue q SET claimed_by = NULL, claimed_at = NULL,
@@ -620,13 +634,14 @@ $$;
 -- Run by the note worker (src/inline_sends.rs) in a transaction of its own.
 -- A lock the sender itself holds (it cannot release it while it waits for us)
 -- must end in an error, not in two processes waiting for each other.
-CREATE FUNCTION etlify._note_inline_sends(p_xid xid8, p_mapping int, p_keys text[]) RETURNS void
+CREATE FUNCTION etlify._note_inline_sends(p_xid xid8, p_mapping int, p_keys text[], p_values text[])
+RETURNS void
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 SET lock_timeout = '5s'
 AS $$
-    INSERT INTO etlify.inline_sends (xid, mapping_id, key)
-    SELECT p_xid, p_mapping, k FROM unnest(p_keys) AS k;
+    INSERT INTO etlify.inline_sends (xid, mapping_id, key, sending)
+    SELECT p_xid, p_mapping, n.key, n.value FROM unnest(p_keys, p_values) AS n(key, value);
 $$;
 
 -- Settles the notes of inline sends whose transaction has ended. Committed: the
@@ -648,20 +663,28 @@ BEGIN
         DELETE FROM etlify.inline_sends s
          WHERE s.xid < pg_snapshot_xmax(pg_current_snapshot())
            AND pg_xact_status(s.xid) IS DISTINCT FROM 'in progress'
-        RETURNING s.mapping_id, s.key, pg_xact_status(s.xid) AS status
+        RETURNING s.mapping_id, s.key, s.sending, pg_xact_status(s.xid) AS status
     ), lost AS (
-        SELECT DISTINCT e.mapping_id, e.key FROM ended e
+        SELECT e.mapping_id, e.key, max(e.sending) AS sending FROM ended e
          WHERE e.status IS DISTINCT FROM 'committed'
            AND EXISTS (SELECT 1 FROM etlify.mappings m WHERE m.id = e.mapping_id)
+         GROUP BY e.mapping_id, e.key
     ), forget AS (
         UPDATE etlify.records r SET digest = NULL
           FROM lost l
          WHERE r.mapping_id = l.mapping_id AND r.key = l.key
     )
-    INSERT INTO etlify.queue AS q (mapping_id, key, change_seq)
-    SELECT l.mapping_id, l.key, (SELECT nextval('etlify.change_seq')) FROM lost l
+    -- an upsert the rollback took the answer of: noted as unanswered (see
+    -- etlify._unanswered), so that the object it made is not left behind
+    INSERT INTO etlify.queue AS q (mapping_id, key, change_seq, sending, sent_at)
+    SELECT l.mapping_id, l.key, (SELECT nextval('etlify.change_seq')), l.sending,
+           CASE WHEN l.sending IS NOT NULL THEN clock_timestamp() END
+      FROM lost l
      ORDER BY l.mapping_id, l.key
-    ON CONFLICT (mapping_id, key) DO UPDATE SET change_seq = EXCLUDED.change_seq;
+    ON CONFLICT (mapping_id, key) DO UPDATE
+       SET change_seq = EXCLUDED.change_seq,
+           sending = coalesce(EXCLUDED.sending, q.sending),
+           sent_at = CASE WHEN EXCLUDED.sending IS NOT NULL THEN EXCLUDED.sent_at ELSE q.sent_at END;
     GET DIAGNOSTICS v_n = ROW_COUNT;
     RETURN v_n;
 EXCEPTION WHEN lock_not_available THEN

@@ -50,8 +50,8 @@ impl Host for InlineHost {
         round()
     }
 
-    fn before_send(self, mapping_id: i32, keys: Vec<String>) {
-        crate::inline_sends::note(mapping_id, keys);
+    fn before_send(self, mapping_id: i32, sends: Vec<(String, Option<String>)>) {
+        crate::inline_sends::note(mapping_id, sends);
     }
 }
 

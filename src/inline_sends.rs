@@ -30,6 +30,10 @@ struct Note {
     xid: u64,
     mapping_id: i32,
     keys: Vec<String>,
+    /// Per key, the id_property value of an upsert that has no CRM id yet: if the
+    /// transaction rolls back, the object it makes is looked up by that value
+    /// (etlify_core::unanswered).
+    values: Vec<Option<String>>,
 }
 
 /// The segment's layout: request length (8 bytes), request (JSON), then the reply:
@@ -69,13 +73,14 @@ impl Segment {
     }
 }
 
-/// Notes that this (sub)transaction is about to send `keys` of `mapping_id`, and
-/// waits until the note is committed. Raises an error (and nothing is sent) if it
-/// cannot be.
-pub fn note(mapping_id: i32, keys: Vec<String>) {
-    if keys.is_empty() || extension_is_new() {
+/// Notes that this (sub)transaction is about to send `keys` of `mapping_id` (with
+/// the id_property value of those upserted by it), and waits until the note is
+/// committed. Raises an error (and nothing is sent) if it cannot be.
+pub fn note(mapping_id: i32, sends: Vec<(String, Option<String>)>) {
+    if sends.is_empty() || extension_is_new() {
         return;
     }
+    let (keys, values) = sends.into_iter().unzip();
     // SAFETY: plain calls inside a transaction; the segment belongs to this
     // transaction's resource owner until it is detached below
     unsafe {
@@ -84,6 +89,7 @@ pub fn note(mapping_id: i32, keys: Vec<String>) {
             xid: pg_sys::GetCurrentFullTransactionId().value,
             mapping_id,
             keys,
+            values,
         };
         let request = serde_json::to_vec(&note).expect("a note serializes");
         let size = 8 + request.len() + 5 + REPLY_MAX;
@@ -182,11 +188,12 @@ pub extern "C-unwind" fn etlify_note_main(arg: pg_sys::Datum) {
     let result = PgTryBuilder::new(AssertUnwindSafe(|| {
         crate::worker::transaction(|| {
             Spi::run_with_args(
-                "SELECT etlify._note_inline_sends($1::pg_catalog.text::pg_catalog.xid8, $2, $3)",
+                "SELECT etlify._note_inline_sends($1::pg_catalog.text::pg_catalog.xid8, $2, $3, $4)",
                 &[
                     note.xid.to_string().into(),
                     note.mapping_id.into(),
                     note.keys.clone().into(),
+                    note.values.clone().into(),
                 ],
             )
         })

@@ -113,7 +113,7 @@ impl Host for WorkerHost {
             .execute()
     }
 
-    fn before_send(self, _mapping_id: i32, _keys: Vec<String>) {
+    fn before_send(self, _mapping_id: i32, _sends: Vec<(String, Option<String>)>) {
         // claims are committed before HTTP: nothing the worker sends can roll back
     }
 }

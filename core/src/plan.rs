@@ -146,6 +146,10 @@ pub struct Resolved {
     pub error: Option<String>,
     pub retry_ms: Option<u64>,
     pub waits: Option<Wait>,
+    /// The CRM answered this record's upsert by id_property with a refusal: it
+    /// made no object, and the note of an unanswered upsert goes
+    /// (crate::unanswered). (A success records the CRM id, which does the same.)
+    pub refused: bool,
 }
 
 impl Resolved {
@@ -164,6 +168,7 @@ impl Resolved {
             error: None,
             retry_ms: None,
             waits: None,
+            refused: false,
         }
     }
 
@@ -185,6 +190,7 @@ impl Resolved {
             "retry_ms": self.retry_ms,
             "waits_position": self.waits.as_ref().map(|w| w.position),
             "waits_key": self.waits.as_ref().map(|w| &w.key),
+            "refused": self.refused,
         })
     }
 }

@@ -47,7 +47,9 @@ pub trait Host: Copy + 'static {
     /// Runs one mapping's round; what an error in it costs is the host's call.
     fn isolate(self, round: impl FnOnce() -> Vec<Resolved>) -> Vec<Resolved>;
     /// Called before the CRM is asked to write or archive `keys` of a mapping.
-    fn before_send(self, mapping_id: i32, keys: Vec<String>);
+    /// Called before the CRM is asked to write or archive these keys of a mapping;
+    /// with each, the id_property value it is upserted by when it has no CRM id.
+    fn before_send(self, mapping_id: i32, sends: Vec<(String, Option<String>)>);
 }
 
 /// What a drain did, by outcome.
@@ -525,9 +527,12 @@ impl<H: Host> Engine<H> {
                 return;
             }
         };
-        let keys = upserts.iter().map(|u| u.item.key.clone());
-        let keys = keys.chain(deletes.iter().map(|d| d.item.key.clone()));
-        host.before_send(w.mapping_id, keys.collect());
+        let sends = upserts.iter().map(|u| {
+            let by_value = u.item.crm_id.is_none().then(|| u.item.id_value.clone());
+            (u.item.key.clone(), by_value)
+        });
+        let sends = sends.chain(deletes.iter().map(|d| (d.item.key.clone(), None)));
+        host.before_send(w.mapping_id, sends.collect());
         let batch = crm.adapter.max_batch_size().max(1);
         // CRM ids that upserts of this batch landed on. Upserts go first: when a
         // primary key changed, the new key's upsert (by id_property) finds the old
@@ -560,7 +565,11 @@ impl<H: Host> Engine<H> {
                             ..Resolved::of(&u.item.key, u.seq, Verdict::Synced)
                         }
                     }
-                    other => settle(&u.item.key, u.seq, other, &report),
+                    other => Resolved {
+                        refused: u.item.crm_id.is_none()
+                            && matches!(other, Some(Outcome::Failed { .. })),
+                        ..settle(&u.item.key, u.seq, other, &report)
+                    },
                 });
             }
         }

@@ -321,3 +321,36 @@ fn partial_failure_is_blamed_on_the_right_record() {
     );
     assert_eq!(env.mock.objects("contacts").len(), 3);
 }
+
+/// A record whose upsert the CRM refused, and whose email is then fixed, is sent
+/// at once: a refusal made no object, so there is nothing to look up first under
+/// the old email (etlify_core::unanswered), and no waiting for one.
+#[test]
+fn a_refused_email_fixed_is_sent_without_a_look_up() {
+    let mut env = Env::start("etlify.retry_backoff = '200ms'", "");
+    env.mock.set_faults(
+        json!({ "fail_ids": { email(1): "Property values were not valid: bad email" } }),
+    );
+    map_users(&mut env.db, "");
+    insert_users(&mut env.db, [1]);
+    wait_for_default("user 1 refused", || {
+        user_status(&mut env.db, 1).filter(|s| s.error_count >= 1)
+    });
+    env.mock.set_faults(json!({}));
+    env.db
+        .batch_execute("UPDATE users SET email = 'fixed1@example.com' WHERE id = 1")
+        .unwrap();
+    wait_users_state(&mut env.db, &[1], "synced");
+    assert!(env
+        .mock
+        .find("contacts", "email", "fixed1@example.com")
+        .is_some());
+    assert_eq!(env.mock.objects("contacts").len(), 1);
+    let reqs = env.mock.crm_requests();
+    assert!(
+        !reqs.iter().any(|r| r["path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("batch/read"))),
+        "{reqs:?}"
+    );
+}

@@ -333,3 +333,51 @@ fn inline_notes_never_wait_on_their_own_sender() {
         "nothing was sent"
     );
 }
+
+/// 5: a row inserted and sent by drain() in a transaction that rolls back: the
+/// contact that send made has no row, and is archived once the request has
+/// surely landed (looked up by the email it was sent; the rollback took the id).
+#[test]
+fn a_rolled_back_inline_insert_leaves_no_contact() {
+    let mut env = Env::start_without_worker("", "");
+    // the look-up waits twice the client's timeout plus 5 s
+    env.db
+        .execute(
+            "SELECT etlify.register_crm('hubspot', 'hubspot',
+                 config => jsonb_build_object('base_url', $1::text, 'timeout_ms', 500))",
+            &[&env.mock.url()],
+        )
+        .unwrap();
+    map_users(&mut env.db, "");
+    insert_users(&mut env.db, [1]);
+    env.db
+        .batch_execute(
+            "BEGIN; INSERT INTO users (id, email) VALUES (2, 'rolled@example.com');
+             SELECT etlify.drain(); ROLLBACK;",
+        )
+        .unwrap();
+    assert!(env
+        .mock
+        .find("contacts", "email", "rolled@example.com")
+        .is_some());
+    // the next drain finds the record too early to look it up, the one after 6 s does
+    one(&mut env.db, "SELECT etlify.drain()::text");
+    assert!(env
+        .mock
+        .find("contacts", "email", "rolled@example.com")
+        .is_some());
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    one(&mut env.db, "SELECT etlify.drain()::text");
+    assert!(
+        env.mock
+            .find("contacts", "email", "rolled@example.com")
+            .is_none(),
+        "the rolled-back row's contact is still live"
+    );
+    let archived = env.mock.archived("contacts");
+    assert_eq!(archived.len(), 1, "{archived:?}");
+    assert_eq!(
+        etlify_e2e::exact::users_differences(&mut env.db, &env.mock),
+        Vec::<String>::new()
+    );
+}
