@@ -702,6 +702,20 @@ impl Mock {
     fn adapter(&self) -> Box<dyn CrmAdapter> {
         hubspot(&self.server.url(), json!({}), Box::new(Unpaced))
     }
+
+    /// An adapter that puts at most `n` inputs in a request.
+    fn adapter_of_batch(&self, n: usize) -> Box<dyn CrmAdapter> {
+        build(
+            &CrmSettings {
+                adapter: "hubspot".into(),
+                config: json!({ "base_url": self.server.url() }),
+                secret: Some(SECRET.into()),
+                batch_size: Some(n),
+            },
+            Box::new(Unpaced),
+        )
+        .unwrap()
+    }
 }
 
 fn link(key: &str, from: &str, to: &str, label: Option<i64>) -> Link {
@@ -1137,16 +1151,7 @@ fn find_tells_live_objects_from_archived_and_unknown_ones() {
     );
     assert_eq!(report.outcomes[0].1, Outcome::Deleted);
     // Two values a request: the third goes in a second one.
-    let mut adapter = build(
-        &CrmSettings {
-            adapter: "hubspot".into(),
-            config: json!({ "base_url": mock.server.url() }),
-            secret: Some(SECRET.into()),
-            batch_size: Some(2),
-        },
-        Box::new(Unpaced),
-    )
-    .unwrap();
+    let mut adapter = mock.adapter_of_batch(2);
     let items = [
         find("a", "ANN@x.io"),
         find("b", "bob@x.io"),
@@ -1184,16 +1189,7 @@ fn find_pauses_and_misconfiguration_as_for_the_other_calls() {
         find("b", "b@x.io"),
         find("c", "c@x.io"),
     ];
-    let mut adapter = build(
-        &CrmSettings {
-            adapter: "hubspot".into(),
-            config: json!({ "base_url": mock.server.url() }),
-            secret: Some(SECRET.into()),
-            batch_size: Some(2),
-        },
-        Box::new(Unpaced),
-    )
-    .unwrap();
+    let mut adapter = mock.adapter_of_batch(2);
     // A 429: the rest of the call waits.
     mock.faults(
         json!({"operations": ["batch/read"], "fail_next": [{"status": 429, "retry_after": 3}]}),

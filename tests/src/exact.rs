@@ -102,3 +102,15 @@ pub fn users_differences(db: &mut Client, mock: &Mock) -> Vec<String> {
     }
     diffs
 }
+
+/// Waits up to `within` for [`users_differences`] to be empty; returns what is
+/// left (empty when exact).
+pub fn wait_users_exact(db: &mut Client, mock: &Mock, within: std::time::Duration) -> Vec<String> {
+    let deadline = std::time::Instant::now() + within;
+    let mut diffs = users_differences(db, mock);
+    while !diffs.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        diffs = users_differences(db, mock);
+    }
+    diffs
+}

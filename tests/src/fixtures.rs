@@ -48,6 +48,17 @@ pub fn register_crm(db: &mut Client, name: &str, mock: &Mock, opts: &str) {
         .unwrap_or_else(|e| panic!("register_crm {name}: {}", error_text(&e)));
 }
 
+/// Registers `hubspot` again on `mock` with the client timeout `timeout_ms` (its
+/// secret kept): an unanswered upsert is looked up 2 × timeout + 5 s after it.
+pub fn register_with_timeout(db: &mut Client, mock: &Mock, timeout_ms: u32) {
+    db.execute(
+        "SELECT etlify.register_crm('hubspot', 'hubspot',
+             config => jsonb_build_object('base_url', $1::text, 'timeout_ms', $2::int))",
+        &[&mock.url(), &(timeout_ms as i32)],
+    )
+    .unwrap_or_else(|e| panic!("register_crm hubspot: {}", error_text(&e)));
+}
+
 /// `etlify.sync_table('hubspot', 'users', 'contacts', 'email', 'user_payload' ...opts)`.
 pub fn map_users(db: &mut Client, opts: &str) {
     let sql = format!(

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use etlify_e2e::fixtures::{email, insert_users, map_users, statuses};
+use etlify_e2e::fixtures::{email, insert_users, map_users, register_with_timeout, statuses};
 use etlify_e2e::mock::id_of;
 use etlify_e2e::soak::{write_until, Lcg};
 use etlify_e2e::{wait_for_default, Env};
@@ -186,12 +186,11 @@ fn kills_at_random_points_with_two_workers_a_writer_and_faults_end_exact() {
     env.mock.set_faults(json!({}));
     env.db = env.cluster.client();
     env.cluster.wait_worker_pid();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-    let mut diffs = etlify_e2e::exact::users_differences(&mut env.db, &env.mock);
-    while !diffs.is_empty() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(250));
-        diffs = etlify_e2e::exact::users_differences(&mut env.db, &env.mock);
-    }
+    let diffs = etlify_e2e::exact::wait_users_exact(
+        &mut env.db,
+        &env.mock,
+        std::time::Duration::from_secs(90),
+    );
     assert!(diffs.is_empty(), "seed {seed}, kills {kills:?}: {diffs:#?}");
     let conflicts = env.mock.crm_requests();
     assert!(
@@ -209,13 +208,7 @@ fn kills_at_random_points_with_two_workers_a_writer_and_faults_end_exact() {
 fn an_unanswered_upsert_leaves_no_object_behind() {
     let mut env = Env::start("", "");
     // the settle time follows the client's timeout: 2 × 1 s + 5 s
-    env.db
-        .execute(
-            "SELECT etlify.register_crm('hubspot', 'hubspot',
-                 config => jsonb_build_object('base_url', $1::text, 'timeout_ms', 1000))",
-            &[&env.mock.url()],
-        )
-        .unwrap();
+    register_with_timeout(&mut env.db, &env.mock, 1000);
     map_users(&mut env.db, "");
     env.mock
         .set_faults(json!({ "delay_ms": 2500, "operations": ["batch/upsert"] }));
@@ -239,12 +232,11 @@ fn an_unanswered_upsert_leaves_no_object_behind() {
         )
         .unwrap();
     env.mock.set_faults(json!({}));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
-    let mut diffs = etlify_e2e::exact::users_differences(&mut env.db, &env.mock);
-    while !diffs.is_empty() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(250));
-        diffs = etlify_e2e::exact::users_differences(&mut env.db, &env.mock);
-    }
+    let diffs = etlify_e2e::exact::wait_users_exact(
+        &mut env.db,
+        &env.mock,
+        std::time::Duration::from_secs(40),
+    );
     assert!(diffs.is_empty(), "{diffs:#?}");
     assert_eq!(env.mock.objects("contacts").len(), 2);
     let archived = env.mock.archived("contacts");

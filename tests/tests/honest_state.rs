@@ -341,13 +341,7 @@ fn inline_notes_never_wait_on_their_own_sender() {
 fn a_rolled_back_inline_insert_leaves_no_contact() {
     let mut env = Env::start_without_worker("", "");
     // the look-up waits twice the client's timeout plus 5 s
-    env.db
-        .execute(
-            "SELECT etlify.register_crm('hubspot', 'hubspot',
-                 config => jsonb_build_object('base_url', $1::text, 'timeout_ms', 500))",
-            &[&env.mock.url()],
-        )
-        .unwrap();
+    etlify_e2e::fixtures::register_with_timeout(&mut env.db, &env.mock, 500);
     map_users(&mut env.db, "");
     insert_users(&mut env.db, [1]);
     env.db
