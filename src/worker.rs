@@ -245,7 +245,7 @@ pub extern "C-unwind" fn etlify_worker_main(arg: pg_sys::Datum) {
             .execute();
             set_activity("idle");
             // a paused CRM, a full window or a retry due sooner than the naptime
-            if let Some(at) = engine.wake_at.take() {
+            if let Some(at) = engine.wake_at {
                 nap = nap.min(budgets::until(at) + Duration::from_millis(1));
             }
         }

@@ -46,7 +46,6 @@ pub trait Host: Copy + 'static {
     fn between_batches(self, engine: &mut Engine<Self>);
     /// Runs one mapping's round; what an error in it costs is the host's call.
     fn isolate(self, round: impl FnOnce() -> Vec<Resolved>) -> Vec<Resolved>;
-    /// Called before the CRM is asked to write or archive `keys` of a mapping.
     /// Called before the CRM is asked to write or archive these keys of a mapping;
     /// with each, the id_property value it is upserted by when it has no CRM id.
     fn before_send(self, mapping_id: i32, sends: Vec<(String, Option<String>)>);
@@ -85,8 +84,9 @@ struct Crm {
 pub struct Engine<H: Host> {
     host: H,
     crms: HashMap<String, Crm>,
-    /// The earliest time a CRM skipped by the last drain (paused, or its window
-    /// full) may be called again: the worker naps no longer than that.
+    /// The earliest time something a drain left for later is due: a CRM it
+    /// skipped (paused, or its window full), or a record's retry. The worker naps
+    /// no longer than that; kept until it has passed.
     pub wake_at: Option<i64>,
 }
 
@@ -110,7 +110,10 @@ impl<H: Host> Engine<H> {
         let host = self.host;
         let mut counts = Counts::default();
         let mut budget = max_records.unwrap_or(usize::MAX);
-        self.wake_at = None;
+        // a wake-up still ahead stays: a drain that finds nothing ready (woken by
+        // another commit meanwhile) must not forget the retry it was for
+        let now = budgets::now_us();
+        self.wake_at = self.wake_at.filter(|&at| at > now);
         host.step(store::collect_forgotten);
         host.step(store::settle_inline_sends);
         host.step(store::release_buffered);
