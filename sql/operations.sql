@@ -114,12 +114,9 @@ BEGIN
                     CONTINUE;
                 END IF;
               BEGIN
-                -- (pg_partition_tree lists nothing for a table that is not partitioned)
                 IF r.moves IS NOT NULL AND NOT EXISTS (
-                       SELECT 1 FROM etlify.mappings m
-                        WHERE m.id = r.mapping_id
-                          AND (m.source = r.rel
-                               OR r.rel IN (SELECT t.relid FROM pg_partition_tree(m.source) t))) THEN
+                       SELECT 1 FROM etlify.mappings m, etlify._capture_tables(m.source) t
+                        WHERE m.id = r.mapping_id AND t.rel = r.rel) THEN
                     -- a trigger on another table, that passed this mapping's id:
                     -- its keys are re-checked like any, its moves are not applied
                     RAISE WARNING 'etlify: key moves of mapping % reported by a trigger on %, not on its source, were ignored',

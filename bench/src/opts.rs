@@ -75,6 +75,29 @@ fn parse_parts(v: &str) -> Result<Parts, String> {
     Ok(p)
 }
 
+/// The value of `flag`: written `--flag=value`, or the next argument.
+fn value(
+    flag: &str,
+    inline: Option<String>,
+    args: &mut impl Iterator<Item = String>,
+) -> Result<String, String> {
+    inline
+        .or_else(|| args.next())
+        .ok_or_else(|| format!("{flag} needs a value"))
+}
+
+/// `v` read as a number no smaller than `min`.
+fn at_least<T>(flag: &str, v: String, min: T) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    let n: T = v.parse().map_err(|_| format!("bad {flag}: {v}"))?;
+    if n < min {
+        return Err(format!("{flag} must be at least {min}, got {n}"));
+    }
+    Ok(n)
+}
+
 impl Opts {
     pub fn parse(args: impl Iterator<Item = String>) -> Result<Opts, String> {
         let mut rows = None;
@@ -90,32 +113,11 @@ impl Opts {
                 _ => (arg.clone(), None),
             };
             match flag.as_str() {
-                "--rows" => {
-                    let v = inline
-                        .or_else(|| args.next())
-                        .ok_or("--rows needs a value")?;
-                    let n: i64 = v.parse().map_err(|_| format!("bad --rows: {v}"))?;
-                    if n < 100 {
-                        return Err(format!("--rows must be at least 100, got {n}"));
-                    }
-                    rows = Some(n);
-                }
-                "--only" => {
-                    let v = inline
-                        .or_else(|| args.next())
-                        .ok_or("--only needs a value")?;
-                    only = Some(parse_parts(&v)?);
-                }
+                "--rows" => rows = Some(at_least(&flag, value(&flag, inline, &mut args)?, 100)?),
+                "--only" => only = Some(parse_parts(&value(&flag, inline, &mut args)?)?),
                 "--soak" => soak = true,
                 "--soak-secs" => {
-                    let v = inline
-                        .or_else(|| args.next())
-                        .ok_or("--soak-secs needs a value")?;
-                    let n: u64 = v.parse().map_err(|_| format!("bad --soak-secs: {v}"))?;
-                    if n < 10 {
-                        return Err(format!("--soak-secs must be at least 10, got {n}"));
-                    }
-                    soak_secs = Some(n);
+                    soak_secs = Some(at_least(&flag, value(&flag, inline, &mut args)?, 10)?);
                     soak = true;
                 }
                 "--quick" => quick = true,

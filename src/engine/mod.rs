@@ -200,14 +200,28 @@ impl<H: Host> Engine<H> {
         }
     }
 
+    /// Claims records of a mapping (the ready ones, or `keys`), and notes in the
+    /// same transaction the values those without a CRM id will be upserted by
+    /// (etlify_core::unanswered): committed before any request goes.
+    fn claim(
+        &self,
+        w: &Work,
+        limit: usize,
+        keys: Option<Vec<String>>,
+        intent: Intent,
+    ) -> Vec<Claimed> {
+        let host = self.host;
+        host.step(|| {
+            let rows = store::claim(w.mapping_id, limit, host.claimer(), keys);
+            store::note_unanswered(w.mapping_id, notes(w, &rows, intent));
+            rows
+        })
+    }
+
     /// One claim of a mapping, sent and recorded: a result per claimed record.
     fn round(&mut self, w: &Work, limit: usize, stop: &dyn Fn() -> bool) -> Vec<Resolved> {
         let host = self.host;
-        let rows = host.step(|| {
-            let rows = store::claim(w.mapping_id, limit, host.claimer(), None);
-            store::note_unanswered(w.mapping_id, notes(w, &rows, Intent::Reconcile));
-            rows
-        });
+        let rows = self.claim(w, limit, None, Intent::Reconcile);
         if rows.is_empty() {
             return Vec::new();
         }
@@ -289,11 +303,7 @@ impl<H: Host> Engine<H> {
         host.step(store::settle_inline_sends);
         // a stale crm_id is forgotten by the first attempt and upserted by the second
         for _ in 0..2 {
-            let rows = host.step(|| {
-                let rows = store::claim(mapping_id, 1, host.claimer(), Some(vec![key.to_string()]));
-                store::note_unanswered(mapping_id, notes(w, &rows, intent));
-                rows
-            });
+            let rows = self.claim(w, 1, Some(vec![key.to_string()]), intent);
             if rows.iter().any(|r| r.seq.is_none()) {
                 return None;
             }
@@ -486,9 +496,6 @@ impl<H: Host> Engine<H> {
             .map(|c| (c.key.clone(), unanswered::renote(c, &w.id_property, intent)))
             .collect();
         host.step(|| store::note_unanswered(w.mapping_id, renotes));
-        for c in &mut absent {
-            c.unanswered = None;
-        }
         kept.extend(absent);
         kept
     }
